@@ -1,0 +1,10 @@
+//! The login function: `POST /login`, `GET /session`, `DELETE /session`.
+
+use wxmp::{App, Surface};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    wxmp::logging::init();
+    let app = App::from_env().await?;
+    wxmp::lambda::run(app, Surface::Sessions).await
+}

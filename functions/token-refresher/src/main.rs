@@ -1,0 +1,17 @@
+//! The token refresher: EventBridge invokes it every 4 minutes (any event payload will do).
+//! A failed refresh returns `Err`, so the function's Errors metric (and its alarm) sees it.
+
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::Value;
+use wxmp::App;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    wxmp::logging::init();
+    let app = App::from_env().await?;
+    let app = &app;
+    lambda_runtime::run(service_fn(move |_: LambdaEvent<Value>| async move {
+        Ok::<_, Error>(wxmp::refresher::run_once(app).await?)
+    }))
+    .await
+}

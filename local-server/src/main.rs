@@ -1,0 +1,127 @@
+//! `local-server`: every route of the contract on `http://127.0.0.1:$PORT` (default 3000), through
+//! the same handler code the Lambda functions run.
+//!
+//! - Store: embedded (in memory) by default; DynamoDB when `TABLE_NAME` is set (with
+//!   `AWS_ENDPOINT_URL` for a local one), creating the table if it is missing.
+//! - WeChat: the built-in sandbox, mounted under `/sandbox` on the same port, unless
+//!   `WECHAT_APPID` and `WECHAT_SECRET` are set (then `WECHAT_API_BASE`, default the real API).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use wechat_sandbox::{Sandbox, SandboxConfig};
+use wxmp::store::{DynamoStore, MemoryStore, Store};
+use wxmp::{App, Config, Surface};
+
+#[tokio::main]
+async fn main() {
+    wxmp::logging::init();
+    if let Err(e) = run().await {
+        tracing::error!(error = %e, "local-server failed to start");
+        eprintln!("local-server: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let port: u16 = match std::env::var("PORT") {
+        Ok(p) => p
+            .parse()
+            .map_err(|_| format!("PORT must be a port number, got {p:?}"))?,
+        Err(_) => 3000,
+    };
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let use_sandbox = env("WECHAT_APPID").is_none() || env("WECHAT_SECRET").is_none();
+    let sandbox = use_sandbox.then(|| Sandbox::new(SandboxConfig::default()));
+
+    let config = match &sandbox {
+        Some(sb) => {
+            let cfg = sb.config().clone();
+            let base = format!("http://127.0.0.1:{port}/sandbox");
+            Config::from_lookup(|k| match k {
+                "WECHAT_APPID" => Some(cfg.appid.clone()),
+                "WECHAT_SECRET" => Some(cfg.secret.clone()),
+                "WECHAT_API_BASE" => Some(base.clone()),
+                other => env(other),
+            })?
+        }
+        None => Config::from_env()?,
+    };
+
+    let store: Arc<dyn Store> = match &config.table_name {
+        Some(table) => {
+            let sdk = wxmp::aws::sdk_config().await;
+            let client = wxmp::aws::dynamodb(&sdk);
+            wxmp::store::ensure_table(&client, table).await?;
+            Arc::new(DynamoStore::new(client, table.clone()))
+        }
+        None => Arc::new(MemoryStore::new()),
+    };
+
+    let store_kind = if config.table_name.is_some() {
+        "dynamodb"
+    } else {
+        "embedded"
+    };
+    let wechat = if sandbox.is_some() {
+        "sandbox"
+    } else {
+        config.wechat_api_base.as_str()
+    };
+    let app = Arc::new(App::new(config.clone(), store));
+
+    let mut router = Router::new().fallback(serve).with_state(app.clone());
+    if let Some(sb) = &sandbox {
+        router = router.nest_service("/sandbox", sb.router());
+    }
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    // The refresher runs as EventBridge would run it, once the sandbox (if any) can answer.
+    let interval = wxmp::refresher::interval_from_env()?;
+    tokio::spawn(refresh_forever(app.clone(), interval));
+    tracing::info!(%addr, store = store_kind, wechat, appid = %config.wechat.appid, "local-server listening");
+    println!("local-server: http://{addr} (store: {store_kind}, wechat: {wechat})");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+async fn refresh_forever(app: Arc<App>, interval: std::time::Duration) {
+    loop {
+        // Failures are logged inside; requests still fetch on a miss.
+        let _ = wxmp::refresher::run_with_interval(&app, interval).await;
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Hands the request to the shared handler, exactly as the Lambda adapter does.
+async fn serve(State(app): State<Arc<App>>, req: Request) -> Response {
+    let request_id = wxmp::ids::new_request_id();
+    let (parts, body) = req.into_parts();
+    // Read a little past the handler's own limit so it can answer "too large" itself.
+    let body = match axum::body::to_bytes(body, wxmp::input::MAX_BODY_BYTES + 1024).await {
+        Ok(b) => b,
+        Err(_) => {
+            let e = wxmp::error::ApiError::InvalidRequest(format!(
+                "request body is larger than {} bytes",
+                wxmp::input::MAX_BODY_BYTES
+            ));
+            return e.to_response(&request_id).map(Body::from).into_response();
+        }
+    };
+    let resp = wxmp::api::handle(
+        &app,
+        Surface::All,
+        http::Request::from_parts(parts, body),
+        &request_id,
+    )
+    .await;
+    resp.map(Body::from).into_response()
+}

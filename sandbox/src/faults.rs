@@ -1,0 +1,95 @@
+//! Injected failures: scripted errors, a deterministic busy rate, and latency.
+
+use std::time::Duration;
+
+use crate::Faults;
+use crate::error::{self, WxError};
+
+#[derive(Debug, Default)]
+pub(crate) struct FaultGate {
+    faults: Faults,
+    /// WeChat-path calls since the faults were last set: the `k` of the busy rule.
+    calls: u64,
+}
+
+impl FaultGate {
+    /// Replaces the faults and restarts the busy pattern at call 1.
+    pub(crate) fn set(&mut self, faults: Faults) {
+        self.faults = faults;
+        self.calls = 0;
+    }
+
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    pub(crate) fn latency(&self) -> Duration {
+        Duration::from_millis(self.faults.latency_ms)
+    }
+
+    /// Decides whether a counted call to `path` fails before reaching its logic.
+    pub(crate) fn admit(&mut self, path: &str) -> Result<(), WxError> {
+        self.calls += 1;
+        if let Some(script) =
+            self.faults.scripted.iter_mut().find(|s| {
+                s.count > 0 && s.path.trim_start_matches('/') == path.trim_start_matches('/')
+            })
+        {
+            script.count -= 1;
+            return Err(WxError::scripted(script.errcode));
+        }
+        if is_busy(self.calls, self.faults.busy_rate) {
+            return Err(error::SYSTEM_BUSY);
+        }
+        Ok(())
+    }
+}
+
+/// Call `k` (1-based) is busy iff floor(k·rate) > floor((k−1)·rate): exactly `rate` of the
+/// calls, evenly spread, with no randomness.
+fn is_busy(k: u64, rate: f64) -> bool {
+    let rate = if rate.is_nan() {
+        0.0
+    } else {
+        rate.clamp(0.0, 1.0)
+    };
+    (k as f64 * rate).floor() > ((k - 1) as f64 * rate).floor()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ScriptedError;
+
+    fn pattern(rate: f64, n: u64) -> Vec<u64> {
+        (1..=n).filter(|k| is_busy(*k, rate)).collect()
+    }
+
+    #[test]
+    fn busy_rate_is_an_even_deterministic_pattern() {
+        assert_eq!(pattern(0.0, 50), Vec::<u64>::new());
+        assert_eq!(pattern(1.0, 5), vec![1, 2, 3, 4, 5]);
+        assert_eq!(pattern(0.5, 8), vec![2, 4, 6, 8]);
+        assert_eq!(pattern(0.1, 30), vec![10, 20, 30]);
+        assert_eq!(pattern(0.25, 12), vec![4, 8, 12]);
+        assert_eq!(pattern(7.0, 3), vec![1, 2, 3], "clamped to 1");
+        assert_eq!(pattern(f64::NAN, 3), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn scripted_errors_come_first_and_run_out() {
+        let mut gate = FaultGate::default();
+        gate.set(Faults {
+            busy_rate: 1.0,
+            scripted: vec![ScriptedError {
+                path: "cgi-bin/token".into(),
+                errcode: 45009,
+                count: 1,
+            }],
+            ..Faults::default()
+        });
+        assert_eq!(gate.admit("/sns/jscode2session"), Err(error::SYSTEM_BUSY));
+        assert_eq!(gate.admit("/cgi-bin/token").unwrap_err().code, 45009);
+        assert_eq!(gate.admit("/cgi-bin/token"), Err(error::SYSTEM_BUSY));
+    }
+}

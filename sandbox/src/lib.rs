@@ -1,0 +1,272 @@
+//! A stand-in for WeChat's mini-program server APIs, for the backend's tests and its local
+//! dev server.
+//!
+//! It answers the five WeChat paths the backend uses (`/sns/jscode2session`, `/cgi-bin/token`,
+//! `/cgi-bin/stable_token`, `/wxa/getwxacodeunlimit`, `/wxa/business/getuserphonenumber`)
+//! with WeChat's rules and quirks: HTTP 200 errors with an `errcode`, single-use codes, the
+//! legacy token's overlap window, stable-token renewal and force limits, odd content types.
+//! Behaviour is deterministic; randomness only goes into token, code and session-key values.
+//!
+//! A test drives it through [`Sandbox`]'s methods or the `/_sandbox/*` HTTP paths: mint codes,
+//! inject faults, play a third party refreshing tokens, move the clock on, read call counts.
+
+mod admin;
+mod codes;
+mod error;
+mod faults;
+mod image;
+mod routes;
+mod state;
+mod tokens;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use image::{CodeParams, render_code};
+
+use state::State;
+
+/// How the sandbox plays WeChat. Times are in seconds.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub appid: String,
+    pub secret: String,
+    /// Lifetime of issued access tokens, legacy and stable alike.
+    pub token_ttl_secs: u64,
+    /// After a new legacy token is issued, older legacy tokens stay valid this long.
+    pub legacy_overlap_secs: u64,
+    /// A normal-mode stable call within this many seconds of expiry gets a new token; the
+    /// old one stays valid until its own expiry.
+    pub stable_renew_window_secs: u64,
+    /// A force refresh this soon after the previous one is not performed.
+    pub force_min_interval_secs: u64,
+    /// Force refreshes allowed (over the sandbox's lifetime); beyond it, 45009.
+    pub force_daily_limit: u32,
+    /// After a force refresh, how long older stable tokens stay valid.
+    pub force_grace_secs: u64,
+    /// Lifetime of minted login and phone codes.
+    pub code_ttl_secs: u64,
+    /// Pages that exist in the "published version", for `check_path`.
+    pub published_pages: Vec<String>,
+    /// Whether jscode2session includes a unionid (the app is bound to an Open Platform account).
+    pub unionid: bool,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            appid: "wxsandbox0000000001".to_owned(),
+            secret: "sandbox-secret".to_owned(),
+            token_ttl_secs: 7200,
+            legacy_overlap_secs: 300,
+            stable_renew_window_secs: 300,
+            force_min_interval_secs: 30,
+            force_daily_limit: 20,
+            force_grace_secs: 0,
+            code_ttl_secs: 300,
+            published_pages: vec!["pages/index/index".to_owned()],
+            unionid: true,
+        }
+    }
+}
+
+/// Injected failures for the WeChat paths. Setting them restarts the busy pattern.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Fraction (0.0..=1.0) of calls answered `-1 system error`. Deterministic: counting the
+    /// WeChat-path calls since the faults were set from k = 1, call k is busy iff
+    /// floor(k·rate) > floor((k−1)·rate). So 1.0 = every call, 0.1 = every 10th call.
+    pub busy_rate: f64,
+    /// Delay before every WeChat-path answer.
+    pub latency_ms: u64,
+    /// Checked first: a call to `path` answers `errcode` while its count lasts.
+    pub scripted: Vec<ScriptedError>,
+    /// Replaces the appid in getuserphonenumber's watermark.
+    pub watermark_appid: Option<String>,
+}
+
+/// `count` calls to `path` (e.g. "/cgi-bin/token") answer `errcode` with errmsg "scripted".
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ScriptedError {
+    pub path: String,
+    pub errcode: i64,
+    pub count: u32,
+}
+
+/// The phone a phone code stands for.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct PhoneSpec {
+    pub phone_number: String,
+    pub pure_phone_number: String,
+    pub country_code: String,
+}
+
+/// What the sandbox has seen since it started or since [`Sandbox::reset_stats`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Calls per WeChat path, failures included.
+    pub calls: BTreeMap<String, u64>,
+    /// Legacy tokens issued, third-party refreshes included.
+    pub legacy_issued: u64,
+    /// Stable tokens issued (new tokens only, not repeats of the current one).
+    pub stable_issued: u64,
+    /// Stable force refreshes performed.
+    pub force_refreshes: u64,
+}
+
+/// The sandbox: cheap to clone, all clones share one state.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: SandboxConfig,
+    state: Mutex<State>,
+}
+
+impl Sandbox {
+    pub fn new(cfg: SandboxConfig) -> Self {
+        let state = Mutex::new(State::new(&cfg));
+        Self {
+            inner: Arc::new(Inner { cfg, state }),
+        }
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.inner.cfg
+    }
+
+    /// The WeChat paths and the `/_sandbox/*` admin paths.
+    pub fn router(&self) -> Router {
+        routes::router()
+            .merge(admin::router())
+            .with_state(self.clone())
+    }
+
+    /// Serves a new sandbox on 127.0.0.1 at a free port until the handle is dropped.
+    pub async fn spawn(cfg: SandboxConfig) -> std::io::Result<RunningSandbox> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let sandbox = Sandbox::new(cfg);
+        let app = sandbox.router();
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "sandbox server stopped");
+            }
+        });
+        Ok(RunningSandbox {
+            sandbox,
+            addr,
+            task,
+        })
+    }
+
+    /// The state lock. Never held across an `.await`; a panic while holding it does not make
+    /// the sandbox unusable.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A login code for `user`, valid `code_ttl_secs`, usable once.
+    pub fn mint_login_code(&self, user: &str) -> String {
+        let mut st = self.state();
+        let now = st.now();
+        st.login_codes.mint(user, now)
+    }
+
+    /// A phone code for `phone`, valid `code_ttl_secs`, usable once.
+    pub fn mint_phone_code(&self, phone: PhoneSpec) -> String {
+        let mut st = self.state();
+        let now = st.now();
+        st.phone_codes.mint(phone, now)
+    }
+
+    /// Replaces the faults; the busy pattern restarts at call 1.
+    pub fn set_faults(&self, faults: Faults) {
+        self.state().faults.set(faults);
+    }
+
+    /// The faults in force, with scripted counts as far as they have run down.
+    pub fn faults(&self) -> Faults {
+        self.state().faults.faults().clone()
+    }
+
+    /// Someone else holding the secret fetches a legacy token: older legacy tokens die after
+    /// `legacy_overlap_secs`. Counted as issued, not as a call.
+    pub fn third_party_refresh(&self) {
+        let mut st = self.state();
+        let now = st.now();
+        let grant = st.tokens.issue_legacy(now);
+        st.record_grant(&grant, true);
+    }
+
+    /// Someone else force-refreshes the stable token, subject to the force rules.
+    pub fn third_party_force_stable(&self) {
+        let mut st = self.state();
+        let now = st.now();
+        if let Ok(grant) = st.tokens.stable(now, true) {
+            st.record_grant(&grant, false);
+        }
+    }
+
+    /// Every token issued so far answers 40001 from now on.
+    pub fn invalidate_all_tokens(&self) {
+        self.state().tokens.invalidate_all();
+    }
+
+    /// Moves the sandbox clock forward: tokens and codes age, watermarks move on.
+    pub fn advance_time(&self, by: Duration) {
+        self.state().clock.advance(by);
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.state().stats.clone()
+    }
+
+    pub fn reset_stats(&self) {
+        self.state().stats = Stats::default();
+    }
+
+    /// The openid jscode2session returns for `user`.
+    pub fn openid_for(&self, user: &str) -> String {
+        codes::openid(&self.inner.cfg.appid, user)
+    }
+
+    /// The unionid jscode2session returns for `user` (when `unionid` is on).
+    pub fn unionid_for(&self, user: &str) -> String {
+        codes::unionid(user)
+    }
+}
+
+/// A sandbox served on a local port; the server stops when this is dropped.
+pub struct RunningSandbox {
+    pub sandbox: Sandbox,
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl RunningSandbox {
+    /// `http://127.0.0.1:PORT`, to use as the WeChat API base.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for RunningSandbox {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,279 @@
+//! The WeChat paths. Each call goes through the same steps: latency, counting, scripted
+//! error, busy rate, then the path's own logic.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use serde_json::{Value, json};
+
+use crate::codes::{openid, unionid};
+use crate::error::{self, JSON_CT, TEXT_CT, WxError};
+use crate::image::{CodeParams, render_code};
+use crate::state::State as SandboxState;
+use crate::{Sandbox, SandboxConfig};
+
+pub(crate) const JSCODE2SESSION: &str = "/sns/jscode2session";
+pub(crate) const TOKEN: &str = "/cgi-bin/token";
+pub(crate) const STABLE_TOKEN: &str = "/cgi-bin/stable_token";
+pub(crate) const GETWXACODEUNLIMIT: &str = "/wxa/getwxacodeunlimit";
+pub(crate) const GETUSERPHONENUMBER: &str = "/wxa/business/getuserphonenumber";
+
+pub(crate) fn router() -> Router<Sandbox> {
+    Router::new()
+        .route(JSCODE2SESSION, any(jscode2session))
+        .route(TOKEN, any(token))
+        .route(STABLE_TOKEN, any(stable_token))
+        .route(GETWXACODEUNLIMIT, any(getwxacodeunlimit))
+        .route(GETUSERPHONENUMBER, any(getuserphonenumber))
+}
+
+/// Query parameters; a malformed query string reads as no parameters, as WeChat would then
+/// report the first missing one.
+type Params = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
+
+fn params(q: Params) -> HashMap<String, String> {
+    q.map(|Query(q)| q).unwrap_or_default()
+}
+
+/// A non-empty query parameter.
+fn param<'a>(q: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
+    q.get(key).map(String::as_str).filter(|v| !v.is_empty())
+}
+
+/// What a path's logic answers when it succeeds.
+enum Reply {
+    Json(Value, &'static str),
+    /// Rendered after the state lock is released.
+    Code(CodeParams),
+}
+
+/// Runs one WeChat call through the common steps. Errors use `error_ct` as content type.
+async fn serve_call<F>(
+    sb: &Sandbox,
+    path: &'static str,
+    error_ct: &'static str,
+    logic: F,
+) -> Response
+where
+    F: FnOnce(&SandboxConfig, &mut SandboxState) -> Result<Reply, WxError>,
+{
+    let latency = sb.state().faults.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let outcome = {
+        let mut st = sb.state();
+        st.count_call(path);
+        let result = st
+            .faults
+            .admit(path)
+            .and_then(|()| logic(sb.config(), &mut st));
+        result.map_err(|e| (e, st.next_rid()))
+    };
+    match outcome {
+        Ok(Reply::Json(body, content_type)) => {
+            tracing::info!(path, errcode = 0, "answered");
+            with_content_type(content_type, body.to_string())
+        }
+        Ok(Reply::Code(params)) => {
+            tracing::info!(
+                path,
+                errcode = 0,
+                width = params.width,
+                "answered with an image"
+            );
+            with_content_type("image/png", render_code(&params))
+        }
+        Err((err, rid)) => {
+            tracing::info!(path, errcode = err.code, "answered with an error");
+            err.into_response(&rid, error_ct)
+        }
+    }
+}
+
+fn with_content_type(content_type: &'static str, body: impl IntoResponse) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response()
+}
+
+/// The app credential checks shared by the token paths and jscode2session.
+fn check_credentials(
+    cfg: &SandboxConfig,
+    grant_type: Option<&str>,
+    expected_grant_type: &str,
+    appid: Option<&str>,
+    secret: Option<&str>,
+) -> Result<(), WxError> {
+    if grant_type != Some(expected_grant_type) {
+        return Err(error::INVALID_GRANT_TYPE);
+    }
+    if appid != Some(cfg.appid.as_str()) {
+        return Err(error::INVALID_APPID);
+    }
+    match secret {
+        None | Some("") => Err(error::SECRET_MISSING),
+        Some(s) if s != cfg.secret => Err(error::INVALID_SECRET),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The `access_token` check of every protected path.
+fn authorize(st: &SandboxState, q: &HashMap<String, String>) -> Result<(), WxError> {
+    let token = param(q, "access_token").ok_or(error::TOKEN_MISSING)?;
+    st.tokens.check(token, st.now())
+}
+
+fn require_post(method: &Method) -> Result<(), WxError> {
+    if method == Method::POST {
+        Ok(())
+    } else {
+        Err(error::REQUIRE_POST)
+    }
+}
+
+async fn jscode2session(State(sb): State<Sandbox>, q: Params) -> Response {
+    let q = params(q);
+    serve_call(&sb, JSCODE2SESSION, TEXT_CT, |cfg, st| {
+        check_credentials(
+            cfg,
+            param(&q, "grant_type"),
+            "authorization_code",
+            param(&q, "appid"),
+            param(&q, "secret"),
+        )?;
+        let code = param(&q, "js_code").ok_or(error::CODE_MISSING)?;
+        let now = st.now();
+        let user = st.login_codes.redeem(code, now)?;
+        let mut body = json!({
+            "openid": openid(&cfg.appid, &user),
+            "session_key": st.login_codes.session_key(&user),
+        });
+        if cfg.unionid {
+            body["unionid"] = Value::String(unionid(&user));
+        }
+        Ok(Reply::Json(body, TEXT_CT))
+    })
+    .await
+}
+
+async fn token(State(sb): State<Sandbox>, q: Params) -> Response {
+    let q = params(q);
+    serve_call(&sb, TOKEN, JSON_CT, |cfg, st| {
+        check_credentials(
+            cfg,
+            param(&q, "grant_type"),
+            "client_credential",
+            param(&q, "appid"),
+            param(&q, "secret"),
+        )?;
+        let now = st.now();
+        let grant = st.tokens.issue_legacy(now);
+        st.record_grant(&grant, true);
+        Ok(Reply::Json(
+            json!({"access_token": grant.access_token, "expires_in": grant.expires_in}),
+            JSON_CT,
+        ))
+    })
+    .await
+}
+
+async fn stable_token(State(sb): State<Sandbox>, method: Method, body: Bytes) -> Response {
+    serve_call(&sb, STABLE_TOKEN, JSON_CT, |cfg, st| {
+        require_post(&method)?;
+        let value: Value = serde_json::from_slice(&body).map_err(|_| error::DATA_FORMAT)?;
+        let obj = value.as_object().ok_or(error::DATA_FORMAT)?;
+        let text = |key: &str| match obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(error::DATA_FORMAT),
+        };
+        let force = match obj.get("force_refresh") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(error::DATA_FORMAT),
+        };
+        check_credentials(
+            cfg,
+            text("grant_type")?,
+            "client_credential",
+            text("appid")?,
+            text("secret")?,
+        )?;
+        let now = st.now();
+        let grant = st.tokens.stable(now, force)?;
+        st.record_grant(&grant, false);
+        Ok(Reply::Json(
+            json!({"access_token": grant.access_token, "expires_in": grant.expires_in}),
+            JSON_CT,
+        ))
+    })
+    .await
+}
+
+async fn getwxacodeunlimit(
+    State(sb): State<Sandbox>,
+    method: Method,
+    q: Params,
+    body: Bytes,
+) -> Response {
+    let q = params(q);
+    serve_call(&sb, GETWXACODEUNLIMIT, JSON_CT, |cfg, st| {
+        require_post(&method)?;
+        authorize(st, &q)?;
+        CodeParams::from_request(&body, &cfg.published_pages).map(Reply::Code)
+    })
+    .await
+}
+
+async fn getuserphonenumber(
+    State(sb): State<Sandbox>,
+    method: Method,
+    q: Params,
+    body: Bytes,
+) -> Response {
+    let q = params(q);
+    serve_call(&sb, GETUSERPHONENUMBER, JSON_CT, |cfg, st| {
+        require_post(&method)?;
+        authorize(st, &q)?;
+        let value: Value = serde_json::from_slice(&body).map_err(|_| error::DATA_FORMAT)?;
+        let code = value
+            .get("code")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .ok_or(error::INVALID_CODE)?;
+        let now = st.now();
+        let phone = st.phone_codes.redeem(code, now)?;
+        let watermark_appid = st
+            .faults
+            .faults()
+            .watermark_appid
+            .clone()
+            .unwrap_or_else(|| cfg.appid.clone());
+        Ok(Reply::Json(
+            json!({
+                "errcode": 0,
+                "errmsg": "ok",
+                "phone_info": {
+                    "phoneNumber": phone.phone_number,
+                    "purePhoneNumber": phone.pure_phone_number,
+                    "countryCode": phone.country_code,
+                    "watermark": {
+                        "timestamp": st.clock.epoch_secs(),
+                        "appid": watermark_appid,
+                    },
+                },
+            }),
+            JSON_CT,
+        ))
+    })
+    .await
+}

@@ -1,0 +1,123 @@
+//! The HTTP surface, independent of how requests arrive (Lambda or the local server): routing,
+//! one structured log line per request, and errors turned into the contract's JSON.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::session;
+
+pub type HttpRequest = http::Request<Bytes>;
+pub type HttpResponse = http::Response<Bytes>;
+
+/// Which routes a deployment unit serves: each Lambda serves its own; the local server all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// `POST /login`, `GET /session`, `DELETE /session` (the login function).
+    Sessions,
+    /// Every route.
+    All,
+}
+
+impl Surface {
+    fn serves(self, path: &str) -> bool {
+        match self {
+            Surface::All => true,
+            Surface::Sessions => matches!(path, "/login" | "/session"),
+        }
+    }
+}
+
+/// Serves one request. Never fails: every error becomes a JSON response.
+pub async fn handle(
+    app: &App,
+    surface: Surface,
+    req: HttpRequest,
+    request_id: &str,
+) -> HttpResponse {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = normalise(req.uri().path()).to_string();
+    let result = if surface.serves(&path) {
+        route(app, &method, &path, req).await
+    } else {
+        Err(ApiError::NotFound(format!("{method} {path}")))
+    };
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(resp) => {
+            tracing::info!(request_id, method = %method, path, status = resp.status().as_u16(), ms, "request served");
+            resp
+        }
+        Err(e) => {
+            let resp = e.to_response(request_id);
+            let status = resp.status().as_u16();
+            let detail = e.detail();
+            if status >= 500 {
+                tracing::error!(request_id, method = %method, path, status, code = e.code(), error = %detail, ms, "request failed");
+            } else {
+                tracing::info!(request_id, method = %method, path, status, code = e.code(), error = %detail, ms, "request refused");
+            }
+            resp
+        }
+    }
+}
+
+fn normalise(path: &str) -> &str {
+    let p = path.trim_end_matches('/');
+    if p.is_empty() { "/" } else { p }
+}
+
+async fn route(
+    app: &App,
+    method: &Method,
+    path: &str,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (parts, body) = req.into_parts();
+    match (path, method) {
+        ("/login", &Method::POST) => Ok(json_ok(&session::login(app, &body).await?)),
+        ("/session", &Method::GET) => {
+            Ok(json_ok(&session::get_session(app, &parts.headers).await?))
+        }
+        ("/session", &Method::DELETE) => {
+            session::logout(app, &parts.headers).await?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        ("/login", _) => Err(method_not_allowed(method, path, "POST")),
+        ("/session", _) => Err(method_not_allowed(method, path, "GET, DELETE")),
+        _ => Err(ApiError::NotFound(format!("{method} {path}"))),
+    }
+}
+
+fn method_not_allowed(method: &Method, path: &str, allowed: &str) -> ApiError {
+    ApiError::InvalidRequest(format!(
+        "method {method} is not allowed on {path}; use {allowed}"
+    ))
+}
+
+pub fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CACHE_CONTROL, "no-store")
+        .body(Bytes::from(
+            serde_json::to_vec(body).expect("JSON values serialise"),
+        ))
+        .expect("static headers are valid")
+}
+
+fn json_ok(body: &Value) -> HttpResponse {
+    json_response(StatusCode::OK, body)
+}
+
+fn empty(status: StatusCode) -> HttpResponse {
+    http::Response::builder()
+        .status(status)
+        .body(Bytes::new())
+        .expect("static headers are valid")
+}

@@ -1,0 +1,44 @@
+//! Everything a request needs, built once per cold start and shared by every invocation.
+
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigError};
+use crate::store::{DynamoStore, Store};
+use crate::token::TokenKeeper;
+use crate::wechat::WeChatClient;
+
+pub struct App {
+    pub config: Config,
+    pub wechat: WeChatClient,
+    pub store: Arc<dyn Store>,
+    pub tokens: TokenKeeper,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl App {
+    pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
+        let wechat = WeChatClient::new(&config.wechat_api_base, config.wechat.clone());
+        let tokens = TokenKeeper::new(wechat.clone(), store.clone(), config.token_mode);
+        App {
+            config,
+            wechat,
+            store,
+            tokens,
+        }
+    }
+
+    /// The Lambda setup: configuration from the environment, DynamoDB through one shared
+    /// `SdkConfig`. Fails (and the cold start with it) when the configuration is wrong.
+    pub async fn from_env() -> Result<Self, InitError> {
+        let config = Config::from_env()?;
+        let table = config.require_table()?.to_string();
+        let sdk = crate::aws::sdk_config().await;
+        let store = DynamoStore::new(crate::aws::dynamodb(&sdk), table);
+        Ok(App::new(config, Arc::new(store)))
+    }
+}

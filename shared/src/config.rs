@@ -1,0 +1,205 @@
+//! Configuration, read once per cold start from the environment (see the contract's table).
+//!
+//! Every error names the variable at fault, so a misconfigured deployment says exactly what to fix.
+
+use std::time::Duration;
+
+/// Where WeChat lives unless `WECHAT_API_BASE` says otherwise.
+pub const DEFAULT_WECHAT_API_BASE: &str = "https://api.weixin.qq.com";
+/// One week, the contract's default session lifetime.
+pub const DEFAULT_SESSION_TTL_SECS: u64 = 604_800;
+
+/// Which WeChat endpoint issues access tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenMode {
+    /// `POST /cgi-bin/stable_token`, normal mode: other holders of the secret cannot invalidate it.
+    Stable,
+    /// `GET /cgi-bin/token`: every fetch invalidates the previous token after WeChat's overlap.
+    Legacy,
+}
+
+impl TokenMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenMode::Stable => "stable",
+            TokenMode::Legacy => "legacy",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("configuration: {var} {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+/// The app's WeChat credentials. `Debug` never prints the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub appid: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("appid", &self.appid)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub wechat: Credentials,
+    pub wechat_api_base: String,
+    pub token_mode: TokenMode,
+    /// `None` only where the caller brings its own store (the local server's embedded one).
+    pub table_name: Option<String>,
+    pub code_bucket: Option<String>,
+    pub session_ttl: Duration,
+}
+
+impl Config {
+    /// Reads the process environment. Lambda functions call this once per cold start.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads configuration through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| {
+            lookup(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let required = |k: &'static str| {
+            get(k).ok_or_else(|| ConfigError {
+                var: k,
+                reason: "is required but not set".into(),
+            })
+        };
+        let appid = required("WECHAT_APPID")?;
+        if !appid.chars().all(|c| c.is_ascii_alphanumeric()) || appid.len() > 64 {
+            return Err(ConfigError {
+                var: "WECHAT_APPID",
+                reason: "must be the mini-program's app id (letters and digits)".into(),
+            });
+        }
+        let secret = required("WECHAT_SECRET")?;
+        let wechat_api_base = get("WECHAT_API_BASE")
+            .unwrap_or_else(|| DEFAULT_WECHAT_API_BASE.to_string())
+            .trim_end_matches('/')
+            .to_string();
+        if !(wechat_api_base.starts_with("https://") || wechat_api_base.starts_with("http://")) {
+            return Err(ConfigError {
+                var: "WECHAT_API_BASE",
+                reason: format!("must be an http(s) URL, got {wechat_api_base:?}"),
+            });
+        }
+        let token_mode = match get("WECHAT_TOKEN_MODE").as_deref() {
+            None | Some("stable") => TokenMode::Stable,
+            Some("legacy") => TokenMode::Legacy,
+            Some(other) => {
+                return Err(ConfigError {
+                    var: "WECHAT_TOKEN_MODE",
+                    reason: format!("must be \"stable\" or \"legacy\", got {other:?}"),
+                });
+            }
+        };
+        let session_ttl_secs = match get("SESSION_TTL_SECS") {
+            None => DEFAULT_SESSION_TTL_SECS,
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (60..=31_536_000).contains(n))
+                .ok_or_else(|| ConfigError {
+                    var: "SESSION_TTL_SECS",
+                    reason: format!(
+                        "must be a whole number of seconds from 60 to 31536000, got {v:?}"
+                    ),
+                })?,
+        };
+        Ok(Config {
+            wechat: Credentials { appid, secret },
+            wechat_api_base,
+            token_mode,
+            table_name: get("TABLE_NAME"),
+            code_bucket: get("CODE_BUCKET"),
+            session_ttl: Duration::from_secs(session_ttl_secs),
+        })
+    }
+
+    /// The table name, or an error naming `TABLE_NAME` (it is required in Lambda).
+    pub fn require_table(&self) -> Result<&str, ConfigError> {
+        self.table_name.as_deref().ok_or(ConfigError {
+            var: "TABLE_NAME",
+            reason: "is required but not set".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = cfg(&[("WECHAT_APPID", "wx123"), ("WECHAT_SECRET", "s")]).unwrap();
+        assert_eq!(c.wechat_api_base, DEFAULT_WECHAT_API_BASE);
+        assert_eq!(c.token_mode, TokenMode::Stable);
+        assert_eq!(c.session_ttl, Duration::from_secs(604_800));
+        assert!(c.table_name.is_none() && c.code_bucket.is_none());
+        assert_eq!(c.require_table().unwrap_err().var, "TABLE_NAME");
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        assert_eq!(cfg(&[]).unwrap_err().var, "WECHAT_APPID");
+        assert_eq!(
+            cfg(&[("WECHAT_APPID", "wx1")]).unwrap_err().var,
+            "WECHAT_SECRET"
+        );
+        let base = [("WECHAT_APPID", "wx1"), ("WECHAT_SECRET", "s")];
+        for (var, bad) in [
+            ("WECHAT_TOKEN_MODE", "fast"),
+            ("SESSION_TTL_SECS", "soon"),
+            ("SESSION_TTL_SECS", "5"),
+            ("WECHAT_API_BASE", "ftp://x"),
+        ] {
+            let mut pairs = base.to_vec();
+            pairs.push((var, bad));
+            let err = cfg(&pairs).unwrap_err();
+            assert_eq!(err.var, var, "{err}");
+        }
+    }
+
+    #[test]
+    fn reads_everything_and_hides_the_secret() {
+        let c = cfg(&[
+            ("WECHAT_APPID", "wx1"),
+            ("WECHAT_SECRET", "topsecret"),
+            ("WECHAT_API_BASE", "http://127.0.0.1:9/"),
+            ("WECHAT_TOKEN_MODE", "legacy"),
+            ("TABLE_NAME", "t"),
+            ("CODE_BUCKET", "b"),
+            ("SESSION_TTL_SECS", "3600"),
+        ])
+        .unwrap();
+        assert_eq!(c.wechat_api_base, "http://127.0.0.1:9");
+        assert_eq!(c.token_mode, TokenMode::Legacy);
+        assert_eq!(c.require_table().unwrap(), "t");
+        assert_eq!(c.code_bucket.as_deref(), Some("b"));
+        assert!(!format!("{c:?}").contains("topsecret"));
+    }
+}

@@ -1,0 +1,162 @@
+//! Every failure a request can meet, and the one place that turns it into the contract's JSON:
+//! `{"error": {"code", "message", "wechat_errcode"?, "request_id"}}` with its status.
+
+use http::StatusCode;
+use serde_json::json;
+
+use crate::store::StoreError;
+use crate::wechat::WxError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Bad JSON, a missing or invalid field (named in the message), an unsupported method.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// WeChat refused something the client sent (a phone code, a page), named in the message.
+    #[error("{message}")]
+    RejectedInput { message: String, source: WxError },
+    #[error("missing, unknown, logged-out or expired session token")]
+    Unauthenticated,
+    #[error("the login code was rejected by WeChat")]
+    InvalidCode(#[source] WxError),
+    #[error("WeChat blocked this login: the user is flagged as high-risk")]
+    RiskyUser(#[source] WxError),
+    #[error("WeChat's rate limit was reached; retry later")]
+    RateLimited(#[source] WxError),
+    #[error("WeChat answered with an error that retrying cannot fix")]
+    WeChat(#[source] WxError),
+    #[error("WeChat is unavailable; retry later")]
+    WeChatUnavailable(#[source] WxError),
+    #[error("the session store is unavailable; retry later")]
+    Store(#[from] StoreError),
+    #[error("no route {0}")]
+    NotFound(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The generic reading of a WeChat failure; routes override the codes that mean bad input.
+    pub fn from_wechat(err: WxError) -> Self {
+        match err.errcode() {
+            _ if err.is_transient() => ApiError::WeChatUnavailable(err),
+            // An access token still rejected after the keeper refreshed it once.
+            _ if err.is_token_rejected() => ApiError::WeChatUnavailable(err),
+            Some(45009 | 45011) => ApiError::RateLimited(err),
+            _ => ApiError::WeChat(err),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest(_) | ApiError::RejectedInput { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated | ApiError::InvalidCode(_) => StatusCode::UNAUTHORIZED,
+            ApiError::RiskyUser(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::WeChat(_) => StatusCode::BAD_GATEWAY,
+            ApiError::WeChatUnavailable(_) | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest(_) | ApiError::RejectedInput { .. } => "invalid_request",
+            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::InvalidCode(_) => "invalid_code",
+            ApiError::RiskyUser(_) => "risky_user",
+            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::WeChat(_) => "wechat_error",
+            ApiError::WeChatUnavailable(_) => "wechat_unavailable",
+            ApiError::Store(_) => "store_unavailable",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// WeChat's errcode, when WeChat said something.
+    pub fn wechat_errcode(&self) -> Option<i64> {
+        match self {
+            ApiError::RejectedInput { source: e, .. }
+            | ApiError::InvalidCode(e)
+            | ApiError::RiskyUser(e)
+            | ApiError::RateLimited(e)
+            | ApiError::WeChat(e)
+            | ApiError::WeChatUnavailable(e) => e.errcode(),
+            _ => None,
+        }
+    }
+
+    /// What is logged: the public message plus the cause (never a secret: causes carry no URLs).
+    pub fn detail(&self) -> String {
+        match self {
+            ApiError::RejectedInput { source: e, .. }
+            | ApiError::InvalidCode(e)
+            | ApiError::RiskyUser(e)
+            | ApiError::RateLimited(e)
+            | ApiError::WeChat(e)
+            | ApiError::WeChatUnavailable(e) => format!("{self}: {e}"),
+            ApiError::Store(e) => format!("{self}: {}", e.0),
+            ApiError::Internal(d) => format!("{self}: {d}"),
+            _ => self.to_string(),
+        }
+    }
+
+    pub fn to_response(&self, request_id: &str) -> crate::api::HttpResponse {
+        let mut error = json!({
+            "code": self.code(),
+            "message": self.to_string(),
+            "request_id": request_id,
+        });
+        if let Some(c) = self.wechat_errcode() {
+            error["wechat_errcode"] = json!(c);
+        }
+        crate::api::json_response(self.status(), &json!({ "error": error }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(c: i64) -> WxError {
+        WxError::Api {
+            errcode: c,
+            errmsg: "x".into(),
+        }
+    }
+
+    #[test]
+    fn maps_wechat_failures() {
+        assert_eq!(ApiError::from_wechat(api(-1)).status(), 503);
+        assert_eq!(ApiError::from_wechat(api(45011)).code(), "rate_limited");
+        assert_eq!(ApiError::from_wechat(api(45009)).status(), 429);
+        assert_eq!(ApiError::from_wechat(api(40013)).code(), "wechat_error");
+        assert_eq!(
+            ApiError::from_wechat(api(40001)).code(),
+            "wechat_unavailable"
+        );
+        assert_eq!(
+            ApiError::from_wechat(WxError::Transport("t".into())).status(),
+            503
+        );
+    }
+
+    #[test]
+    fn body_has_the_contract_shape() {
+        let r = ApiError::InvalidCode(api(40029)).to_response("req-1");
+        assert_eq!(r.status(), 401);
+        let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_code");
+        assert_eq!(v["error"]["wechat_errcode"], 40029);
+        assert_eq!(v["error"]["request_id"], "req-1");
+        assert_eq!(
+            v["error"]["message"],
+            "the login code was rejected by WeChat"
+        );
+        let r = ApiError::Unauthenticated.to_response("r");
+        let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+        assert!(v["error"].get("wechat_errcode").is_none());
+    }
+}

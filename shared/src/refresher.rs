@@ -1,0 +1,52 @@
+//! One run of the scheduled token refresh, shared by the token-refresher Lambda and the local
+//! server's timer. Logs one structured line per run (mode, fetched, remaining lifetime).
+
+use std::time::Duration;
+
+use crate::app::App;
+use crate::token::TokenError;
+
+/// EventBridge's schedule in template.yaml, and the local server's default interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(240);
+
+/// The refresh interval from `REFRESH_INTERVAL_SECS` (default 240).
+pub fn interval_from_env() -> Result<Duration, crate::config::ConfigError> {
+    match std::env::var("REFRESH_INTERVAL_SECS") {
+        Err(_) => Ok(DEFAULT_INTERVAL),
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .map(Duration::from_secs)
+            .ok_or(crate::config::ConfigError {
+                var: "REFRESH_INTERVAL_SECS",
+                reason: format!("must be a whole number of seconds, got {v:?}"),
+            }),
+    }
+}
+
+pub async fn run_once(app: &App) -> Result<serde_json::Value, TokenError> {
+    run_with_interval(app, DEFAULT_INTERVAL).await
+}
+
+pub async fn run_with_interval(
+    app: &App,
+    interval: Duration,
+) -> Result<serde_json::Value, TokenError> {
+    match app.tokens.refresh_scheduled(interval).await {
+        Ok(r) => {
+            tracing::info!(
+                mode = r.mode,
+                fetched = r.fetched,
+                remaining_secs = r.remaining_secs,
+                "token refresh"
+            );
+            Ok(serde_json::to_value(r).expect("report serialises"))
+        }
+        Err(e) => {
+            tracing::error!(mode = app.tokens.mode().as_str(), error = %e, "token refresh failed");
+            Err(e)
+        }
+    }
+}

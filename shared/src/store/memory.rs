@@ -1,0 +1,127 @@
+//! The embedded store: process memory, same semantics as the DynamoDB one (expiry checked on
+//! read, conditional lease and token writes). For the local server and for fast tests.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::*;
+
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<String, SessionRecord>,
+    users: HashMap<String, (u64, u64)>,
+    tokens: HashMap<String, StoredToken>,
+    leases: HashMap<String, (String, u64)>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-written: recover the data.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn put_session(&self, key: &str, record: &SessionRecord) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        // Drop what has expired now and then, as DynamoDB's TTL would.
+        if g.sessions.len() % 1024 == 1023 {
+            let now = record.created_at;
+            g.sessions.retain(|_, s| s.expires_at > now);
+        }
+        g.sessions.insert(key.to_string(), record.clone());
+        Ok(())
+    }
+
+    async fn get_session(&self, key: &str, now: u64) -> Result<Option<SessionRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .sessions
+            .get(key)
+            .filter(|s| s.expires_at > now)
+            .cloned())
+    }
+
+    async fn delete_session(&self, key: &str) -> Result<(), StoreError> {
+        self.lock().sessions.remove(key);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl UserStore for MemoryStore {
+    async fn record_login(
+        &self,
+        openid: &str,
+        _: Option<&str>,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        let new = !g.users.contains_key(openid);
+        g.users.entry(openid.to_string()).or_insert((now, now)).1 = now;
+        Ok(new)
+    }
+}
+
+#[async_trait]
+impl TokenStore for MemoryStore {
+    async fn get_token(&self, key: &str) -> Result<Option<StoredToken>, StoreError> {
+        Ok(self.lock().tokens.get(key).cloned())
+    }
+
+    async fn put_token(&self, key: &str, token: &StoredToken) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        match g.tokens.get(key) {
+            Some(existing) if existing.fetched_at > token.fetched_at => {}
+            _ => {
+                g.tokens.insert(key.to_string(), token.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_token_if(&self, key: &str, token: &Secret) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        if g.tokens.get(key).is_some_and(|t| &t.token == token) {
+            g.tokens.remove(key);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        if g.leases.get(name).is_some_and(|(_, until)| *until > now_ms) {
+            return Ok(false);
+        }
+        g.leases
+            .insert(name.to_string(), (holder.to_string(), now_ms + ttl_ms));
+        Ok(true)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if g.leases.get(name).is_some_and(|(h, _)| h == holder) {
+            g.leases.remove(name);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,97 @@
+//! Persistent state behind small traits, each with two implementations: DynamoDB (Lambda, and the
+//! local server with `TABLE_NAME`) and an embedded in-process store (the local server's default).
+//!
+//! One table, partition key `pk` (string), TTL on `expires_at` (epoch seconds). DynamoDB deletes
+//! expired items late, so every read checks `expires_at` itself.
+
+mod dynamo;
+mod memory;
+
+pub use dynamo::{DynamoStore, ensure_table};
+pub use memory::MemoryStore;
+
+use async_trait::async_trait;
+
+use crate::secret::Secret;
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("store unavailable: {0}")]
+pub struct StoreError(pub String);
+
+/// A logged-in session, stored under the hash of its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub openid: String,
+    pub unionid: Option<String>,
+    /// WeChat's session_key: kept server-side for decrypting user data, never sent to a client.
+    pub session_key: Secret,
+    pub created_at: u64,
+    pub expires_at: u64,
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Stores a session under `key` (the hash of its token).
+    async fn put_session(&self, key: &str, record: &SessionRecord) -> Result<(), StoreError>;
+    /// The session under `key`, unless it is missing or its `expires_at` is not after `now`.
+    async fn get_session(&self, key: &str, now: u64) -> Result<Option<SessionRecord>, StoreError>;
+    /// Deletes the session; deleting a missing one is not an error.
+    async fn delete_session(&self, key: &str) -> Result<(), StoreError>;
+}
+
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Records a login of `openid` at `now`; true when this is the user's first login ever.
+    async fn record_login(
+        &self,
+        openid: &str,
+        unionid: Option<&str>,
+        now: u64,
+    ) -> Result<bool, StoreError>;
+}
+
+/// The shared access token as stored for all instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    pub token: Secret,
+    /// Epoch seconds at which WeChat stops accepting it.
+    pub expires_at: u64,
+    pub fetched_at: u64,
+}
+
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    async fn get_token(&self, key: &str) -> Result<Option<StoredToken>, StoreError>;
+    /// Writes the token unless the stored one was fetched later (a slow writer never wins).
+    async fn put_token(&self, key: &str, token: &StoredToken) -> Result<(), StoreError>;
+    /// Deletes the stored token only if it is still `token`; true if it was deleted.
+    async fn delete_token_if(&self, key: &str, token: &Secret) -> Result<bool, StoreError>;
+    /// Takes the lease `name` for `holder` until `now_ms + ttl_ms`, if nobody holds an unexpired
+    /// one. Conditional write: across all instances at most one caller wins.
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<bool, StoreError>;
+    /// Gives the lease back if `holder` still has it.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+}
+
+/// Everything the functions keep, in one object (both implementations provide all of it).
+pub trait Store: SessionStore + UserStore + TokenStore {}
+impl<T: SessionStore + UserStore + TokenStore> Store for T {}
+
+pub(crate) fn session_pk(key: &str) -> String {
+    format!("session#{key}")
+}
+pub(crate) fn user_pk(openid: &str) -> String {
+    format!("user#{openid}")
+}
+pub(crate) fn token_pk(key: &str) -> String {
+    format!("token#{key}")
+}
+pub(crate) fn lease_pk(name: &str) -> String {
+    format!("lease#{name}")
+}
