@@ -14,6 +14,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use wechat_sandbox::{Sandbox, SandboxConfig};
+use wxmp::codecache::CodeCache;
 use wxmp::store::{DynamoStore, MemoryStore, Store};
 use wxmp::{App, Config, Surface};
 
@@ -52,14 +53,26 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         None => Config::from_env()?,
     };
 
-    let store: Arc<dyn Store> = match &config.table_name {
-        Some(table) => {
-            let sdk = wxmp::aws::sdk_config().await;
-            let client = wxmp::aws::dynamodb(&sdk);
+    // One SdkConfig for every AWS client, loaded only if AWS is used at all.
+    let sdk = match (&config.table_name, &config.code_bucket) {
+        (None, None) => None,
+        _ => Some(wxmp::aws::sdk_config().await),
+    };
+    let store: Arc<dyn Store> = match (&config.table_name, &sdk) {
+        (Some(table), Some(sdk)) => {
+            let client = wxmp::aws::dynamodb(sdk);
             wxmp::store::ensure_table(&client, table).await?;
             Arc::new(DynamoStore::new(client, table.clone()))
         }
-        None => Arc::new(MemoryStore::new()),
+        _ => Arc::new(MemoryStore::new()),
+    };
+    let codes = match (&config.code_bucket, &sdk) {
+        (Some(bucket), Some(sdk)) => {
+            let cache = CodeCache::new(wxmp::aws::s3(sdk), bucket.clone());
+            cache.ensure_bucket().await?;
+            Some(cache)
+        }
+        _ => None,
     };
 
     let store_kind = if config.table_name.is_some() {
@@ -72,7 +85,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         config.wechat_api_base.as_str()
     };
-    let app = Arc::new(App::new(config.clone(), store));
+    let app = Arc::new(App::new(config.clone(), store).with_code_cache(codes));
 
     let mut router = Router::new().fallback(serve).with_state(app.clone());
     if let Some(sb) = &sandbox {

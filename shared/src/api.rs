@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::session;
+use crate::{qrcode, session};
 
 pub type HttpRequest = http::Request<Bytes>;
 pub type HttpResponse = http::Response<Bytes>;
@@ -19,6 +19,8 @@ pub type HttpResponse = http::Response<Bytes>;
 pub enum Surface {
     /// `POST /login`, `GET /session`, `DELETE /session` (the login function).
     Sessions,
+    /// `POST /qrcode`, `POST /phone` (the qrcode function).
+    Codes,
     /// Every route.
     All,
 }
@@ -28,6 +30,7 @@ impl Surface {
         match self {
             Surface::All => true,
             Surface::Sessions => matches!(path, "/login" | "/session"),
+            Surface::Codes => matches!(path, "/qrcode" | "/phone"),
         }
     }
 }
@@ -88,6 +91,9 @@ async fn route(
             session::logout(app, &parts.headers).await?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
+        ("/qrcode", &Method::POST) => qrcode::qrcode(app, &parts.headers, &body).await,
+        ("/phone", &Method::POST) => Ok(json_ok(&qrcode::phone(app, &parts.headers, &body).await?)),
+        ("/qrcode" | "/phone", _) => Err(method_not_allowed(method, path, "POST")),
         ("/login", _) => Err(method_not_allowed(method, path, "POST")),
         ("/session", _) => Err(method_not_allowed(method, path, "GET, DELETE")),
         _ => Err(ApiError::NotFound(format!("{method} {path}"))),

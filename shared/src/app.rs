@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::codecache::CodeCache;
 use crate::config::{Config, ConfigError};
 use crate::store::{DynamoStore, Store};
 use crate::token::TokenKeeper;
@@ -12,6 +13,8 @@ pub struct App {
     pub wechat: WeChatClient,
     pub store: Arc<dyn Store>,
     pub tokens: TokenKeeper,
+    /// The S3 code cache, when `CODE_BUCKET` is set.
+    pub codes: Option<CodeCache>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +32,13 @@ impl App {
             wechat,
             store,
             tokens,
+            codes: None,
         }
+    }
+
+    pub fn with_code_cache(mut self, codes: Option<CodeCache>) -> Self {
+        self.codes = codes;
+        self
     }
 
     /// The Lambda setup: configuration from the environment, DynamoDB through one shared
@@ -39,6 +48,10 @@ impl App {
         let table = config.require_table()?.to_string();
         let sdk = crate::aws::sdk_config().await;
         let store = DynamoStore::new(crate::aws::dynamodb(&sdk), table);
-        Ok(App::new(config, Arc::new(store)))
+        let codes = config
+            .code_bucket
+            .as_ref()
+            .map(|b| CodeCache::new(crate::aws::s3(&sdk), b));
+        Ok(App::new(config, Arc::new(store)).with_code_cache(codes))
     }
 }

@@ -35,6 +35,19 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl From<crate::token::TokenError> for ApiError {
+    fn from(e: crate::token::TokenError) -> Self {
+        use crate::token::TokenError;
+        match e {
+            TokenError::WeChat(w) => ApiError::from_wechat(w),
+            TokenError::Store(s) => ApiError::Store(s),
+            TokenError::Timeout(d) => ApiError::WeChatUnavailable(WxError::Transport(format!(
+                "no access token within {d:?}"
+            ))),
+        }
+    }
+}
+
 impl ApiError {
     /// The generic reading of a WeChat failure; routes override the codes that mean bad input.
     pub fn from_wechat(err: WxError) -> Self {

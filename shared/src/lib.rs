@@ -4,12 +4,14 @@
 pub mod api;
 pub mod app;
 pub mod aws;
+pub mod codecache;
 pub mod config;
 pub mod error;
 pub mod ids;
 pub mod input;
 pub mod lambda;
 pub mod logging;
+pub mod qrcode;
 pub mod refresher;
 pub mod retry;
 pub mod secret;

@@ -1,0 +1,127 @@
+//! The S3 cache of generated codes. Equal requests share one object: the key is a hash of the
+//! app id and the normalised parameters, under the `codes/` prefix the bucket's lifecycle rule
+//! expires. A cache failure never fails a request: it is logged and WeChat serves instead.
+
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::ByteStream;
+
+use crate::wechat::Image;
+
+/// The prefix of every cached code (the template's lifecycle rule expires objects under it).
+pub const PREFIX: &str = "codes/";
+
+#[derive(Clone)]
+pub struct CodeCache {
+    client: Client,
+    bucket: String,
+}
+
+impl CodeCache {
+    pub fn new(client: Client, bucket: impl Into<String>) -> Self {
+        CodeCache {
+            client,
+            bucket: bucket.into(),
+        }
+    }
+
+    /// `codes/<sha256(appid \n canonical params)>`.
+    pub fn key(appid: &str, canonical_params: &str) -> String {
+        let digest = crate::ids::sha256_hex(format!("{appid}\n{canonical_params}").as_bytes());
+        format!("{PREFIX}{digest}")
+    }
+
+    /// The cached image, or `None` on a miss or any S3 failure (logged).
+    pub async fn get(&self, key: &str) -> Option<Image> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                let missing = e.as_service_error().is_some_and(|se| se.is_no_such_key());
+                if !missing {
+                    tracing::warn!(error = %DisplayErrorContext(&e), "code cache read failed; asking WeChat");
+                }
+                return None;
+            }
+        };
+        let content_type = out
+            .content_type
+            .clone()
+            .unwrap_or_else(|| "image/png".into());
+        match out.body.collect().await {
+            Ok(b) => Some(Image {
+                content_type,
+                bytes: b.into_bytes(),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "code cache read failed midway; asking WeChat");
+                None
+            }
+        }
+    }
+
+    pub async fn put(&self, key: &str, image: &Image) -> Result<(), String> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(&image.content_type)
+            .cache_control("public, max-age=31536000, immutable")
+            .body(ByteStream::from(image.bytes.clone()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| DisplayErrorContext(&e).to_string())
+    }
+
+    /// Stores the image without holding up the answer for long: the upload runs concurrently and
+    /// is awaited at most `wait`; a slower one goes on in the background (in Lambda it may finish
+    /// at the next thaw or be lost, which only costs a later cache miss).
+    pub async fn put_in_background(&self, key: String, image: Image, wait: Duration) {
+        let cache = self.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = cache.put(&key, &image).await {
+                tracing::warn!(error = %e, "code cache write failed");
+            }
+        });
+        let _ = tokio::time::timeout(wait, task).await;
+    }
+
+    /// Creates the bucket if it is missing (local server and tests; in AWS the template does).
+    pub async fn ensure_bucket(&self) -> Result<(), String> {
+        if self
+            .client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_bucket_already_owned_by_you()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(DisplayErrorContext(&e).to_string()),
+        }
+    }
+}
