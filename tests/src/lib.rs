@@ -9,10 +9,12 @@
 //! - [`apigw`]: API Gateway HTTP API (payload 2.0) events and responses.
 
 pub mod apigw;
+pub mod env;
 pub mod moto;
 pub mod runtime_api;
 
 pub use apigw::{V2Response, v2_event, with_stage};
+pub use env::{Options, Reply, TestEnv, call_app};
 pub use runtime_api::{FunctionProcess, InvocationError, RuntimeApi, binary_path};
 
 /// The whole harness against the real `lambda_http` runtime: this test

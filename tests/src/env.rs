@@ -1,0 +1,210 @@
+//! One test's world: a fresh table (and bucket) on the shared moto server, its own WeChat sandbox,
+//! and the app wired to both exactly as a function would be, so a test can call routes in-process
+//! or hand [`TestEnv::function_env`] to a real function binary.
+
+use std::sync::Arc;
+
+use aws_config::SdkConfig;
+use bytes::Bytes;
+use serde_json::Value;
+use wechat_sandbox::{RunningSandbox, Sandbox, SandboxConfig};
+use wxmp::codecache::CodeCache;
+use wxmp::config::TokenMode;
+use wxmp::store::DynamoStore;
+use wxmp::{App, Config, Surface};
+
+use crate::moto;
+
+pub struct Options {
+    pub sandbox: SandboxConfig,
+    pub token_mode: TokenMode,
+    pub bucket: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            sandbox: SandboxConfig::default(),
+            token_mode: TokenMode::Stable,
+            bucket: false,
+        }
+    }
+}
+
+pub struct TestEnv {
+    pub wechat: RunningSandbox,
+    pub endpoint: String,
+    pub sdk: SdkConfig,
+    pub table: String,
+    pub bucket: Option<String>,
+    pub store: Arc<DynamoStore>,
+    pub app: App,
+    pub token_mode: TokenMode,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// The contract's error code, for error replies.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        Self::with(Options::default()).await
+    }
+
+    pub async fn with(opts: Options) -> Self {
+        let wechat = Sandbox::spawn(opts.sandbox).await.expect("sandbox starts");
+        let endpoint = moto::endpoint().await;
+        let sdk = moto::sdk_config(&endpoint).await;
+        let table = moto::unique_name("t");
+        let dynamo = moto::dynamodb_client(&sdk);
+        wxmp::store::ensure_table(&dynamo, &table)
+            .await
+            .expect("table created");
+        let bucket = opts.bucket.then(|| moto::unique_name("codes"));
+        let store = Arc::new(DynamoStore::new(dynamo, table.clone()));
+        let pairs = config_pairs(&wechat, opts.token_mode, &table, bucket.as_deref());
+        let app = build_app(&pairs, &sdk, bucket.as_deref(), store.clone());
+        if let Some(c) = &app.codes {
+            c.ensure_bucket().await.expect("bucket created");
+        }
+        TestEnv {
+            wechat,
+            endpoint,
+            sdk,
+            table,
+            bucket,
+            store,
+            app,
+            token_mode: opts.token_mode,
+        }
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.wechat.sandbox
+    }
+
+    /// Configuration as the function binaries read it from their environment.
+    pub fn config_pairs(&self) -> Vec<(String, String)> {
+        config_pairs(
+            &self.wechat,
+            self.token_mode,
+            &self.table,
+            self.bucket.as_deref(),
+        )
+    }
+
+    /// Everything a function binary needs: the configuration plus moto's AWS settings.
+    pub async fn function_env(&self) -> Vec<(String, String)> {
+        let mut v = self.config_pairs();
+        v.extend(moto::aws_env().await);
+        v
+    }
+
+    /// Another app instance on the same table and sandbox, as another Lambda instance would be.
+    pub fn build_app(&self) -> App {
+        build_app(
+            &self.config_pairs(),
+            &self.sdk,
+            self.bucket.as_deref(),
+            self.store.clone(),
+        )
+    }
+
+    /// Calls a route in-process through the same handler the functions run.
+    pub async fn call(&self, method: &str, path: &str, bearer: Option<&str>, body: &[u8]) -> Reply {
+        call_app(&self.app, method, path, bearer, body).await
+    }
+
+    /// Logs a new user in and returns the session token.
+    pub async fn login(&self, user: &str) -> String {
+        let code = self.sandbox().mint_login_code(user);
+        let r = self
+            .call(
+                "POST",
+                "/login",
+                None,
+                format!(r#"{{"code":"{code}"}}"#).as_bytes(),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            200,
+            "login failed: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        r.json()["token"].as_str().unwrap().to_string()
+    }
+}
+
+pub async fn call_app(
+    app: &App,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &[u8],
+) -> Reply {
+    let mut b = http::Request::builder().method(method).uri(path);
+    if let Some(t) = bearer {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    let req = b.body(Bytes::copy_from_slice(body)).expect("valid request");
+    let resp = wxmp::api::handle(app, Surface::All, req, "test-request").await;
+    let (parts, body) = resp.into_parts();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+fn config_pairs(
+    wechat: &RunningSandbox,
+    mode: TokenMode,
+    table: &str,
+    bucket: Option<&str>,
+) -> Vec<(String, String)> {
+    let cfg = wechat.sandbox.config();
+    let mut v = vec![
+        ("WECHAT_APPID".to_string(), cfg.appid.clone()),
+        ("WECHAT_SECRET".to_string(), cfg.secret.clone()),
+        ("WECHAT_API_BASE".to_string(), wechat.base_url()),
+        ("WECHAT_TOKEN_MODE".to_string(), mode.as_str().to_string()),
+        ("TABLE_NAME".to_string(), table.to_string()),
+    ];
+    if let Some(b) = bucket {
+        v.push(("CODE_BUCKET".to_string(), b.to_string()));
+    }
+    v
+}
+
+fn build_app(
+    pairs: &[(String, String)],
+    sdk: &SdkConfig,
+    bucket: Option<&str>,
+    store: Arc<DynamoStore>,
+) -> App {
+    let config =
+        Config::from_lookup(|k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+            .expect("test configuration is valid");
+    let codes = bucket.map(|b| CodeCache::new(moto::s3_client(sdk), b));
+    App::new(config, store).with_code_cache(codes)
+}
