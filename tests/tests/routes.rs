@@ -1,0 +1,141 @@
+//! The routes the handlers serve, the ones openapi.yaml describes and the ones template.yaml wires
+//! to each function are the same set.
+
+use std::collections::BTreeSet;
+
+use serde_yaml::Value;
+use wxmp::Surface;
+use wxmp::api::ROUTES;
+
+type Route = (String, String, &'static str);
+
+fn yaml(file: &str) -> Value {
+    let path = e2e::moto::workspace_root().join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+fn function_of(surface: Surface) -> &'static str {
+    match surface {
+        Surface::Sessions => "login",
+        Surface::Codes => "qrcode",
+        Surface::All => unreachable!("no route belongs to every function"),
+    }
+}
+
+fn handler_routes() -> BTreeSet<Route> {
+    ROUTES
+        .iter()
+        .map(|(m, p, s)| (m.to_string(), p.to_string(), function_of(*s)))
+        .collect()
+}
+
+#[test]
+fn openapi_describes_exactly_the_handled_routes() {
+    let doc = yaml("openapi.yaml");
+    let mut described = BTreeSet::new();
+    for (path, ops) in doc["paths"].as_mapping().expect("paths") {
+        for (method, _) in ops.as_mapping().expect("operations") {
+            described.insert((
+                method.as_str().unwrap().to_uppercase(),
+                path.as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    let handled: BTreeSet<_> = handler_routes()
+        .into_iter()
+        .map(|(m, p, _)| (m, p))
+        .collect();
+    assert_eq!(described, handled);
+}
+
+#[test]
+fn the_template_wires_each_route_to_its_function() {
+    let doc = yaml("template.yaml");
+    let mut wired = BTreeSet::new();
+    for (_, res) in doc["Resources"].as_mapping().expect("Resources") {
+        if res["Type"].as_str() != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        let binary = res["Metadata"]["BuildProperties"]["Binary"]
+            .as_str()
+            .expect("every function names its binary");
+        let Some(events) = res["Properties"]["Events"].as_mapping() else {
+            continue;
+        };
+        for (_, ev) in events {
+            if ev["Type"].as_str() == Some("HttpApi") {
+                let p = &ev["Properties"];
+                let function = match binary {
+                    "login" => "login",
+                    "qrcode" => "qrcode",
+                    other => panic!("HTTP route on unexpected function {other}"),
+                };
+                wired.insert((
+                    p["Method"].as_str().unwrap().to_uppercase(),
+                    p["Path"].as_str().unwrap().to_string(),
+                    function,
+                ));
+            }
+        }
+    }
+    assert_eq!(wired, handler_routes());
+}
+
+#[test]
+fn every_function_binary_in_the_template_is_a_workspace_binary() {
+    let doc = yaml("template.yaml");
+    let root = e2e::moto::workspace_root();
+    for (_, res) in doc["Resources"].as_mapping().unwrap() {
+        if res["Type"].as_str() == Some("AWS::Serverless::Function") {
+            let binary = res["Metadata"]["BuildProperties"]["Binary"]
+                .as_str()
+                .unwrap();
+            assert_eq!(
+                res["Metadata"]["BuildMethod"].as_str(),
+                Some("rust-cargolambda")
+            );
+            assert!(
+                root.join("functions")
+                    .join(binary)
+                    .join("Cargo.toml")
+                    .exists(),
+                "functions/{binary}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_function_serves_its_routes_and_only_those() {
+    let config = wxmp::Config::from_lookup(|k| match k {
+        "WECHAT_APPID" => Some("wxroutes".into()),
+        "WECHAT_SECRET" => Some("s".into()),
+        "WECHAT_API_BASE" => Some("http://127.0.0.1:9".into()),
+        _ => None,
+    })
+    .unwrap();
+    let app = wxmp::App::new(config, std::sync::Arc::new(wxmp::store::MemoryStore::new()));
+    for surface in [Surface::Sessions, Surface::Codes] {
+        for (method, path, owner) in ROUTES {
+            let req = http::Request::builder()
+                .method(*method)
+                .uri(*path)
+                .body(bytes::Bytes::new())
+                .unwrap();
+            let status = wxmp::api::handle(&app, surface, req, "r").await.status();
+            // Without credentials or a body, a served route refuses with 400/401, never 404.
+            if *owner == surface {
+                assert!(
+                    status == 400 || status == 401,
+                    "{method} {path} on {surface:?}: {status}"
+                );
+            } else {
+                assert_eq!(
+                    status, 404,
+                    "{method} {path} must not be served by {surface:?}"
+                );
+            }
+        }
+    }
+}
