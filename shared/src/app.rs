@@ -44,8 +44,14 @@ impl App {
     /// The Lambda setup: configuration from the environment, DynamoDB through one shared
     /// `SdkConfig`. Fails (and the cold start with it) when the configuration is wrong.
     pub async fn from_env() -> Result<Self, InitError> {
-        let config = Config::from_env()?;
-        let table = config.require_table()?.to_string();
+        let read = || -> Result<(Config, String), ConfigError> {
+            let config = Config::from_env()?;
+            let table = config.require_table()?.to_string();
+            Ok((config, table))
+        };
+        let (config, table) = read().inspect_err(
+            |e| tracing::error!(variable = e.var, error = %e, "configuration error"),
+        )?;
         let sdk = crate::aws::sdk_config().await;
         let store = DynamoStore::new(crate::aws::dynamodb(&sdk), table);
         let codes = config

@@ -18,7 +18,7 @@ impl Default for RetryPolicy {
             attempts: 4,
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
-            budget: Duration::from_secs(8),
+            budget: Duration::from_secs(6),
         }
     }
 }
@@ -36,15 +36,18 @@ impl RetryPolicy {
     }
 
     /// Runs `op` until it succeeds, fails with an error `retryable` rejects, or tries/budget run out.
+    /// `op` gets the try number and the time left in the budget, and must bound the try by it
+    /// (the budget is checked only between tries).
     pub async fn run<T, E, F, Fut>(&self, retryable: impl Fn(&E) -> bool, mut op: F) -> Result<T, E>
     where
-        F: FnMut(u32) -> Fut,
+        F: FnMut(u32, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
         let started = Instant::now();
         let mut attempt = 1;
         loop {
-            match op(attempt).await {
+            let left = self.budget.saturating_sub(started.elapsed());
+            match op(attempt, left).await {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     let delay = self.delay(attempt);

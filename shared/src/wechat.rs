@@ -5,6 +5,8 @@
 //! back typed as [`WxError::Api`] so callers decide. URLs carry the secret or the access token in
 //! their query, so no URL is ever put in an error or a log line.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -75,12 +77,36 @@ pub struct PhoneInfo {
     pub watermark_appid: String,
 }
 
+/// Counts WeChat exchanges and the time spent waiting on them (benchmarks subtract it to get the
+/// time a request spends in our own code).
+#[derive(Debug, Default)]
+pub struct CallMeter {
+    calls: AtomicU64,
+    nanos: AtomicU64,
+}
+
+impl CallMeter {
+    pub fn record(&self, took: Duration) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.nanos
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
+    /// (exchanges so far, total time waiting on them).
+    pub fn snapshot(&self) -> (u64, Duration) {
+        (
+            self.calls.load(Ordering::Relaxed),
+            Duration::from_nanos(self.nanos.load(Ordering::Relaxed)),
+        )
+    }
+}
+
 #[derive(Clone)]
 pub struct WeChatClient {
     http: reqwest::Client,
     base: String,
     creds: Credentials,
     retry: RetryPolicy,
+    meter: Arc<CallMeter>,
 }
 
 impl WeChatClient {
@@ -97,12 +123,18 @@ impl WeChatClient {
             base: base.trim_end_matches('/').to_string(),
             creds,
             retry: RetryPolicy::default(),
+            meter: Arc::default(),
         }
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
+    }
+
+    /// Exchanges made by this client and its clones, and the time spent on them.
+    pub fn meter(&self) -> &CallMeter {
+        &self.meter
     }
 
     pub fn appid(&self) -> &str {
@@ -128,8 +160,10 @@ impl WeChatClient {
     ) -> Result<(String, bytes::Bytes), WxError> {
         let url = self.url(path, query);
         self.retry
-            .run(WxError::is_transient, |attempt| {
-                let mut req = self.http.request(method.clone(), url.clone());
+            .run(WxError::is_transient, |attempt, left| {
+                // Each try ends by the budget's end, so a hanging WeChat cannot outlast it.
+                let timeout = left.clamp(Duration::from_millis(200), Duration::from_secs(5));
+                let mut req = self.http.request(method.clone(), url.clone()).timeout(timeout);
                 if let Some(b) = body {
                     req = req
                         .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -138,6 +172,7 @@ impl WeChatClient {
                 async move {
                     let started = std::time::Instant::now();
                     let result = exchange(req).await;
+                    self.meter.record(started.elapsed());
                     let result = result.and_then(|(ct, bytes)| match errcode_of(&bytes) {
                         Some((errcode, errmsg)) if errcode != 0 => {
                             Err(WxError::Api { errcode, errmsg })

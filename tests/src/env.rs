@@ -10,7 +10,7 @@ use serde_json::Value;
 use wechat_sandbox::{RunningSandbox, Sandbox, SandboxConfig};
 use wxmp::codecache::CodeCache;
 use wxmp::config::TokenMode;
-use wxmp::store::DynamoStore;
+use wxmp::store::{DynamoStore, Store};
 use wxmp::{App, Config, Surface};
 
 use crate::moto;
@@ -129,9 +129,36 @@ impl TestEnv {
         )
     }
 
+    /// An app on this env's configuration with `overrides` (environment variable, value) applied
+    /// and its own store: a misconfigured instance, or one whose store is down.
+    pub fn build_app_with(&self, overrides: &[(&str, &str)], store: Arc<dyn Store>) -> App {
+        let mut pairs = self.config_pairs();
+        for (k, v) in overrides {
+            pairs.retain(|(n, _)| n != k);
+            pairs.push((k.to_string(), v.to_string()));
+        }
+        build_app(&pairs, &self.sdk, self.bucket.as_deref(), store)
+    }
+
+    /// A DynamoDB client on this env's moto, for reading and writing the table directly.
+    pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        moto::dynamodb_client(&self.sdk)
+    }
+
     /// Calls a route in-process through the same handler the functions run.
     pub async fn call(&self, method: &str, path: &str, bearer: Option<&str>, body: &[u8]) -> Reply {
         call_app(&self.app, method, path, bearer, body).await
+    }
+
+    /// Like [`TestEnv::call`], with the request headers given verbatim.
+    pub async fn call_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
+        call_app_with_headers(&self.app, method, path, headers, body).await
     }
 
     /// Logs a new user in and returns the session token.
@@ -162,9 +189,22 @@ pub async fn call_app(
     bearer: Option<&str>,
     body: &[u8],
 ) -> Reply {
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    call_app_with_headers(app, method, path, &headers, body).await
+}
+
+/// Calls a route of `app` in-process with the request headers given verbatim.
+pub async fn call_app_with_headers(
+    app: &App,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let mut b = http::Request::builder().method(method).uri(path);
-    if let Some(t) = bearer {
-        b = b.header("authorization", format!("Bearer {t}"));
+    for (name, value) in headers {
+        b = b.header(*name, *value);
     }
     let req = b.body(Bytes::copy_from_slice(body)).expect("valid request");
     let resp = wxmp::api::handle(app, Surface::All, req, "test-request").await;
@@ -200,7 +240,7 @@ fn build_app(
     pairs: &[(String, String)],
     sdk: &SdkConfig,
     bucket: Option<&str>,
-    store: Arc<DynamoStore>,
+    store: Arc<dyn Store>,
 ) -> App {
     let config =
         Config::from_lookup(|k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))

@@ -1,0 +1,415 @@
+//! The real `login` binary, run as Lambda runs it: it polls a Runtime API emulator, gets API
+//! Gateway HTTP API (payload 2.0) events and answers with v2 responses; DynamoDB is moto, WeChat
+//! the test's sandbox.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use e2e::runtime_api::DEFAULT_INVOKE_TIMEOUT;
+use e2e::{FunctionProcess, InvocationError, RuntimeApi, TestEnv, V2Response, binary_path};
+use e2e::{v2_event, with_stage};
+use serde_json::{Value, json};
+
+/// The login function running against a fresh [`TestEnv`].
+struct Function {
+    env: TestEnv,
+    api: RuntimeApi,
+    process: FunctionProcess,
+}
+
+/// One invocation's answer, as API Gateway reads it, with the Lambda request id.
+struct Answer {
+    response: V2Response,
+    raw: Value,
+    request_id: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        self.response.json()
+    }
+
+    /// A contract error: status, code, and the request id of this very invocation.
+    fn assert_error(&self, status: u16, code: &str) -> String {
+        assert_eq!(self.response.status, status, "{}", self.raw);
+        let e = &self.json()["error"];
+        assert_eq!(e["code"], code, "{}", self.raw);
+        assert_eq!(e["request_id"], self.request_id.as_str(), "{}", self.raw);
+        e["message"].as_str().expect("message").to_string()
+    }
+}
+
+impl Function {
+    async fn start() -> Self {
+        let env = TestEnv::new().await;
+        let vars = env.function_env().await;
+        Self::start_with(env, vars).await
+    }
+
+    async fn start_with(env: TestEnv, vars: Vec<(String, String)>) -> Self {
+        let api = RuntimeApi::start().await;
+        let process = FunctionProcess::spawn(&binary_path("login"), &api, &vars);
+        Function { env, api, process }
+    }
+
+    async fn invoke(&self, event: Value) -> Answer {
+        let inv = self.api.invoke_full(event, DEFAULT_INVOKE_TIMEOUT).await;
+        let raw = inv.result.unwrap_or_else(|e| {
+            panic!(
+                "invocation failed: {e}\n--- function output ---\n{}",
+                self.process.output()
+            )
+        });
+        let response = V2Response::parse(&raw);
+        assert_valid_v2(&response, &raw);
+        Answer {
+            response,
+            raw,
+            request_id: inv.request_id,
+        }
+    }
+
+    /// `POST /login` with `{"code": code}` as a JSON request.
+    async fn login_with(&self, code: &str) -> Answer {
+        self.invoke(login_event(code)).await
+    }
+
+    /// Waits until the function has logged `request_id` (its output is read asynchronously).
+    async fn wait_for_log_of(&self, request_id: &str) {
+        assert!(
+            self.process
+                .wait_for_output(request_id, Duration::from_secs(5))
+                .await,
+            "no log line with {request_id}:\n{}",
+            self.process.output()
+        );
+    }
+}
+
+fn login_event(code: &str) -> Value {
+    let body = json!({ "code": code }).to_string();
+    v2_event(
+        "POST",
+        "/login",
+        &[("content-type", "application/json")],
+        Some(body.as_bytes()),
+        false,
+    )
+}
+
+fn bearer_event(method: &str, path: &str, token: &str) -> Value {
+    let auth = format!("Bearer {token}");
+    v2_event(method, path, &[("authorization", &auth)], None, false)
+}
+
+/// What API Gateway needs: JSON answers as text with their content type, nothing else as base64.
+fn assert_valid_v2(r: &V2Response, raw: &Value) {
+    assert!(raw["statusCode"].is_u64(), "{raw}");
+    assert!(!r.is_base64, "JSON is sent as text: {raw}");
+    if r.status == 204 {
+        assert!(r.body.is_empty(), "{raw}");
+        return;
+    }
+    assert!(raw["body"].is_string(), "{raw}");
+    assert_eq!(r.header("content-type"), Some("application/json"), "{raw}");
+    let _ = r.json();
+}
+
+fn token_of(login: &Value) -> String {
+    login["token"].as_str().expect("token").to_string()
+}
+
+#[tokio::test]
+async fn login_session_logout_through_the_binary() {
+    let f = Function::start().await;
+    let code = f.env.sandbox().mint_login_code("alice");
+    let a = f.login_with(&code).await;
+    assert_eq!(a.response.status, 200, "{}", a.raw);
+    let login = a.json();
+    assert_eq!(login["openid"], f.env.sandbox().openid_for("alice"));
+    assert_eq!(login["new_user"], true);
+    let token = token_of(&login);
+    assert_eq!(token.len(), 43);
+    let session_key = stored_session_keys(&f.env).await.pop().expect("a session");
+
+    let a = f.invoke(bearer_event("GET", "/session", &token)).await;
+    assert_eq!(a.response.status, 200, "{}", a.raw);
+    assert_eq!(a.json()["openid"], login["openid"]);
+    assert_eq!(a.json()["expires_at"], login["expires_at"]);
+
+    let a = f.invoke(bearer_event("DELETE", "/session", &token)).await;
+    assert_eq!(a.response.status, 204, "{}", a.raw);
+
+    let a = f.invoke(bearer_event("GET", "/session", &token)).await;
+    a.assert_error(401, "unauthenticated");
+    // The request id of an error is in the logs of that request.
+    f.wait_for_log_of(&a.request_id).await;
+
+    // Nothing secret in the logs, and every line is a JSON object.
+    let output = f.process.output();
+    let secret = f.env.sandbox().config().secret.clone();
+    for (what, value) in [
+        ("the app secret", secret.as_str()),
+        ("the session_key", session_key.as_str()),
+        ("the session token", token.as_str()),
+        ("the login code", code.as_str()),
+    ] {
+        assert!(!output.contains(value), "{what} is in the logs:\n{output}");
+    }
+    assert!(!output.contains("access_token="), "{output}");
+    for line in output.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(v.is_object(), "{line}");
+    }
+}
+
+async fn stored_session_keys(env: &TestEnv) -> Vec<String> {
+    let out = env
+        .dynamodb()
+        .scan()
+        .table_name(&env.table)
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("Scan");
+    out.items()
+        .iter()
+        .filter_map(|i| match i.get("session_key") {
+            Some(AttributeValue::S(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_named_stage_in_the_path_is_routed() {
+    let f = Function::start().await;
+    let code = f.env.sandbox().mint_login_code("bob");
+    let a = f.invoke(with_stage(login_event(&code), "prod")).await;
+    assert_eq!(a.response.status, 200, "{}", a.raw);
+    let token = token_of(&a.json());
+
+    let a = f
+        .invoke(with_stage(bearer_event("GET", "/session", &token), "prod"))
+        .await;
+    assert_eq!(a.response.status, 200, "{}", a.raw);
+    assert_eq!(a.json()["openid"], f.env.sandbox().openid_for("bob"));
+
+    let a = f
+        .invoke(with_stage(
+            v2_event("GET", "/nope", &[], None, false),
+            "prod",
+        ))
+        .await;
+    let message = a.assert_error(404, "not_found");
+    assert!(
+        message.contains("/nope") && !message.contains("/prod"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn bodies_without_content_type_or_in_base64_are_read() {
+    let f = Function::start().await;
+    let body = |user: &str| json!({ "code": f.env.sandbox().mint_login_code(user) }).to_string();
+
+    let plain = body("carol");
+    let a = f
+        .invoke(v2_event(
+            "POST",
+            "/login",
+            &[],
+            Some(plain.as_bytes()),
+            false,
+        ))
+        .await;
+    assert_eq!(a.response.status, 200, "{}", a.raw);
+    assert_eq!(a.json()["openid"], f.env.sandbox().openid_for("carol"));
+
+    let encoded = body("carol");
+    let event = v2_event(
+        "POST",
+        "/login",
+        &[("content-type", "application/json")],
+        Some(encoded.as_bytes()),
+        true,
+    );
+    assert_eq!(event["body"], STANDARD.encode(&encoded));
+    let a = f.invoke(event).await;
+    assert_eq!(a.response.status, 200, "{}", a.raw);
+    assert_eq!(a.json()["new_user"], false);
+
+    // Form-encoded content type, JSON body: the body decides.
+    let form = body("carol");
+    let a = f
+        .invoke(v2_event(
+            "POST",
+            "/login",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Some(form.as_bytes()),
+            false,
+        ))
+        .await;
+    assert_eq!(a.response.status, 200, "{}", a.raw);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_400_response_not_a_function_error() {
+    let f = Function::start().await;
+    let oversized = json!({ "code": "x", "pad": "p".repeat(17 * 1024) }).to_string();
+    let json_ct = [("content-type", "application/json")];
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            v2_event("POST", "/login", &json_ct, Some(b"{"), false),
+            "not valid JSON",
+        ),
+        (
+            v2_event("POST", "/login", &json_ct, None, false),
+            "JSON object",
+        ),
+        (
+            v2_event("POST", "/login", &json_ct, Some(b"[]"), false),
+            "JSON object",
+        ),
+        (
+            v2_event("POST", "/login", &json_ct, Some(b"{}"), false),
+            "code is required",
+        ),
+        (
+            v2_event("POST", "/login", &json_ct, Some(br#"{"code":7}"#), false),
+            "code must be a string",
+        ),
+        (
+            v2_event(
+                "POST",
+                "/login",
+                &json_ct,
+                Some(br#"{"code":"a b"}"#),
+                false,
+            ),
+            "code must be",
+        ),
+        (
+            v2_event("POST", "/login", &json_ct, Some(&[0xff, 0xfe, 0x00]), true),
+            "not valid JSON",
+        ),
+        (
+            v2_event(
+                "POST",
+                "/login",
+                &json_ct,
+                Some(oversized.as_bytes()),
+                false,
+            ),
+            "larger than",
+        ),
+        (v2_event("GET", "/login", &[], None, false), "use POST"),
+        (
+            v2_event("PUT", "/session", &[], None, false),
+            "use GET, DELETE",
+        ),
+    ];
+    for (event, needle) in cases {
+        let a = f.invoke(event).await;
+        let message = a.assert_error(400, "invalid_request");
+        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    }
+    // The other function's routes are not served here.
+    let a = f
+        .invoke(v2_event("POST", "/qrcode", &json_ct, Some(b"{}"), false))
+        .await;
+    a.assert_error(404, "not_found");
+    // A rejected code carries WeChat's errcode.
+    let a = f.login_with("invalid.1").await;
+    a.assert_error(401, "invalid_code");
+    assert_eq!(a.json()["error"]["wechat_errcode"], 40029);
+    let stats = f.env.sandbox().stats();
+    assert_eq!(stats.calls.get("/sns/jscode2session"), Some(&1));
+}
+
+#[tokio::test]
+async fn a_store_that_never_answers_gives_503_within_the_timeouts() {
+    let env = TestEnv::new().await;
+    let blackhole = Blackhole::start().await;
+    let mut vars = env.function_env().await;
+    vars.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+    vars.push(("AWS_ENDPOINT_URL".into(), blackhole.url()));
+    let f = Function::start_with(env, vars).await;
+    let started = Instant::now();
+    let a = f.login_with("dave.1").await;
+    let elapsed = started.elapsed();
+    a.assert_error(503, "store_unavailable");
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+}
+
+/// A TCP server that accepts connections and never answers.
+struct Blackhole {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Blackhole {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        Blackhole { addr, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn missing_table_name_fails_init_naming_it() {
+    let env = TestEnv::new().await;
+    let mut vars = env.function_env().await;
+    vars.retain(|(k, _)| k != "TABLE_NAME");
+    let mut f = Function::start_with(env, vars).await;
+
+    // Either the runtime reports an init error or the process exits with the reason.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reason = loop {
+        if let Some(e) = f.api.init_error() {
+            break e.to_string();
+        }
+        if let Some(status) = f.process.try_exit_status() {
+            assert!(!status.success(), "{status}");
+            // Let the output reader catch up with the last lines.
+            f.process
+                .wait_for_output("TABLE_NAME", Duration::from_secs(2))
+                .await;
+            break f.process.output();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "neither an init error nor an exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(reason.contains("TABLE_NAME"), "{reason}");
+    match f
+        .api
+        .invoke_full(json!({}), Duration::from_secs(1))
+        .await
+        .result
+    {
+        Err(InvocationError::Init(_) | InvocationError::Timeout { .. }) => {}
+        other => panic!("a function without TABLE_NAME served {other:?}"),
+    }
+}

@@ -1,0 +1,336 @@
+//! The real `local-server` binary on a free port, driven over HTTP: the embedded store with the
+//! sandbox mounted under `/sandbox`, and DynamoDB mode on moto.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{KeyType, ScalarAttributeType, TableStatus, TimeToLiveStatus};
+use e2e::binary_path;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use wechat_sandbox::{Sandbox, SandboxConfig};
+
+/// A running `local-server`, killed when dropped (its output is printed if the test failed).
+struct LocalServer {
+    child: tokio::process::Child,
+    base: String,
+    http: reqwest::Client,
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+struct HttpReply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl HttpReply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A contract error: status, code, a JSON content type and a request id; the request id.
+    fn assert_error(&self, status: u16, code: &str) -> String {
+        assert_eq!(self.status, status, "{}", self.text());
+        let ct = self
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(ct, Some("application/json"), "{}", self.text());
+        let e = &self.json()["error"];
+        assert_eq!(e["code"], code, "{}", self.text());
+        let id = e["request_id"].as_str().expect("request_id");
+        assert!(!id.is_empty());
+        id.to_string()
+    }
+}
+
+impl LocalServer {
+    /// Starts the server with `vars` on top of a clean environment and waits until it answers.
+    async fn start(vars: &[(String, String)]) -> LocalServer {
+        for _ in 0..3 {
+            let port = free_port();
+            let mut server = Self::spawn(&port.to_string(), vars);
+            match server.wait_until_ready().await {
+                Ok(()) => return server,
+                // Something took the port between our probe and the bind: try another.
+                Err(out) if out.contains("in use") => continue,
+                Err(out) => panic!("local-server did not start:\n{out}"),
+            }
+        }
+        panic!("local-server could not bind a free port");
+    }
+
+    fn spawn(port: &str, vars: &[(String, String)]) -> LocalServer {
+        let mut cmd = tokio::process::Command::new(binary_path("local-server"));
+        cmd.env_clear()
+            .env("PORT", port)
+            .envs(
+                ["PATH", "RUST_LOG"]
+                    .iter()
+                    .filter_map(|k| Some((k, std::env::var_os(k)?))),
+            )
+            .envs(vars.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn local-server");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        collect_lines(child.stdout.take().unwrap(), output.clone());
+        collect_lines(child.stderr.take().unwrap(), output.clone());
+        LocalServer {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+            output,
+        }
+    }
+
+    /// Ready once the server says it listens on its own port (a probe alone could reach another
+    /// test's server that took the port first); `Err(output)` if the process exits first.
+    async fn wait_until_ready(&mut self) -> Result<(), String> {
+        let listening = format!("local-server: {}", self.base);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.output().lines().any(|l| l.starts_with(&listening)) {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Err(format!("exited with {status}:\n{}", self.output()));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not listening within 30 s:\n{}", self.output()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> HttpReply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.body(body).send().await.expect("HTTP request");
+        HttpReply {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            body: resp.bytes().await.expect("response body"),
+        }
+    }
+
+    async fn post_json(&self, path: &str, body: &Value) -> HttpReply {
+        let headers = [("content-type", "application/json")];
+        self.request("POST", path, &headers, body.to_string().into_bytes())
+            .await
+    }
+
+    async fn login(&self, code: &str) -> HttpReply {
+        self.post_json("/login", &json!({ "code": code })).await
+    }
+
+    async fn with_token(&self, method: &str, token: &str) -> HttpReply {
+        let auth = format!("Bearer {token}");
+        self.request(method, "/session", &[("authorization", &auth)], Vec::new())
+            .await
+    }
+
+    async fn wait_for_output(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.output().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- local-server output -----\n{}", self.output());
+        }
+    }
+}
+
+fn collect_lines(
+    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    sink: Arc<Mutex<Vec<String>>>,
+) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn token_of(r: &HttpReply) -> String {
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["token"].as_str().expect("token").to_string()
+}
+
+/// The identities the built-in sandbox (default configuration) hands out.
+fn builtin_sandbox() -> Sandbox {
+    Sandbox::new(SandboxConfig::default())
+}
+
+#[tokio::test]
+async fn embedded_mode_serves_logins_with_the_builtin_sandbox() {
+    let server = LocalServer::start(&[]).await;
+    let ids = builtin_sandbox();
+
+    // GIVEN a made-up code, as a developer would type one.
+    let r = server.login("alice.1").await;
+    let token = token_of(&r);
+    assert_eq!(r.json()["openid"], ids.openid_for("alice"));
+    assert_eq!(r.json()["unionid"], ids.unionid_for("alice"));
+    assert_eq!(r.json()["new_user"], true);
+
+    let r = server.with_token("GET", &token).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["openid"], ids.openid_for("alice"));
+
+    // A code works once.
+    let r = server.login("alice.1").await;
+    let request_id = r.assert_error(401, "invalid_code");
+    assert_eq!(r.json()["error"]["wechat_errcode"], 40163);
+    assert!(
+        server.wait_for_output(&request_id).await,
+        "request id not logged"
+    );
+
+    // A code minted through the mounted sandbox, sent without a content type.
+    let r = server
+        .post_json("/sandbox/_sandbox/login_code", &json!({ "user": "x" }))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let code = r.json()["code"].as_str().unwrap().to_string();
+    let body = json!({ "code": code }).to_string().into_bytes();
+    let r = server.request("POST", "/login", &[], body).await;
+    let other = token_of(&r);
+    assert_eq!(r.json()["openid"], ids.openid_for("x"));
+
+    let r = server.with_token("DELETE", &token).await;
+    assert_eq!(r.status, 204);
+    server
+        .with_token("GET", &token)
+        .await
+        .assert_error(401, "unauthenticated");
+    assert_eq!(server.with_token("GET", &other).await.status, 200);
+}
+
+#[tokio::test]
+async fn embedded_mode_refuses_bad_requests_with_json() {
+    let server = LocalServer::start(&[]).await;
+    server
+        .request("GET", "/nope", &[], Vec::new())
+        .await
+        .assert_error(404, "not_found");
+    server
+        .request("GET", "/login", &[], Vec::new())
+        .await
+        .assert_error(400, "invalid_request");
+    server
+        .request("POST", "/login", &[], b"{".to_vec())
+        .await
+        .assert_error(400, "invalid_request");
+    // Just over the handler's limit, and far over what the server reads at all.
+    for size in [16 * 1024 + 1, 64 * 1024] {
+        let r = server
+            .request("POST", "/login", &[], vec![b' '; size])
+            .await;
+        r.assert_error(400, "invalid_request");
+        let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains("larger than 16384"), "{size}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn dynamodb_mode_creates_the_table_and_serves_login() {
+    let table = e2e::moto::unique_name("local");
+    let mut vars = e2e::moto::aws_env().await;
+    vars.push(("TABLE_NAME".into(), table.clone()));
+    let server = LocalServer::start(&vars).await;
+
+    let sdk = e2e::moto::sdk_config(&e2e::moto::endpoint().await).await;
+    let ddb = e2e::moto::dynamodb_client(&sdk);
+    let described = ddb.describe_table().table_name(&table).send().await;
+    let t = described
+        .expect("the server created the table")
+        .table
+        .unwrap();
+    assert_eq!(t.table_status, Some(TableStatus::Active));
+    let key = t.key_schema();
+    assert_eq!(key.len(), 1);
+    assert_eq!(key[0].attribute_name, "pk");
+    assert_eq!(key[0].key_type, KeyType::Hash);
+    let pk = t
+        .attribute_definitions()
+        .iter()
+        .find(|a| a.attribute_name == "pk");
+    assert_eq!(pk.unwrap().attribute_type, ScalarAttributeType::S);
+    let ttl = ddb.describe_time_to_live().table_name(&table).send().await;
+    let ttl = ttl
+        .expect("DescribeTimeToLive")
+        .time_to_live_description
+        .unwrap();
+    assert_eq!(ttl.time_to_live_status, Some(TimeToLiveStatus::Enabled));
+    assert_eq!(ttl.attribute_name.as_deref(), Some("expires_at"));
+
+    let r = server.login("bob.1").await;
+    let token = token_of(&r);
+    assert_eq!(r.json()["openid"], builtin_sandbox().openid_for("bob"));
+    let pk = format!("session#{}", wxmp::session::key_for(&token));
+    let item = ddb
+        .get_item()
+        .table_name(&table)
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(pk))
+        .send()
+        .await
+        .expect("GetItem")
+        .item;
+    assert!(item.is_some(), "the session is in DynamoDB");
+
+    // A second server on the existing table sees the same sessions.
+    let second = LocalServer::start(&vars).await;
+    let r = second.with_token("GET", &token).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(server);
+    assert_eq!(second.with_token("DELETE", &token).await.status, 204);
+}
+
+#[tokio::test]
+async fn a_bad_port_is_reported() {
+    let mut server = LocalServer::spawn("not-a-port", &[]);
+    let out = server
+        .wait_until_ready()
+        .await
+        .expect_err("it must not start");
+    assert!(out.contains("PORT must be a port number"), "{out}");
+}
