@@ -20,13 +20,25 @@ arch=${1:---arm64}
 case "$arch" in
   --arm64)
     rustup target add aarch64-unknown-linux-gnu >/dev/null
-    cargo lambda build --release --arm64 --output-format zip "${pkgs[@]}"
     cargo lambda build --release --arm64 "${pkgs[@]}" ;;
   --x86-64)
-    cargo lambda build --release --output-format zip "${pkgs[@]}"
     cargo lambda build --release "${pkgs[@]}" ;;
   *) echo "usage: $0 [--arm64|--x86-64]" >&2; exit 2 ;;
 esac
+
+# The deployment package Lambda receives: bootstrap alone in a zip.
+for f in "${functions[@]}"; do
+  python3 - "target/lambda/$f" <<'PY'
+import sys, zipfile, os
+d = sys.argv[1]
+with zipfile.ZipFile(os.path.join(d, "bootstrap.zip"), "w", zipfile.ZIP_DEFLATED) as z:
+    info = zipfile.ZipInfo("bootstrap")
+    info.external_attr = 0o755 << 16
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with open(os.path.join(d, "bootstrap"), "rb") as b:
+        z.writestr(info, b.read())
+PY
+done
 
 printf '%-16s %12s %12s  %s\n' function bootstrap zip arch
 for f in "${functions[@]}"; do
