@@ -80,7 +80,7 @@ mod tests {
         let r: Result<(), &str> = p
             .run(
                 |_| true,
-                |_| {
+                |_, _| {
                     calls += 1;
                     async { Err("busy") }
                 },
@@ -97,7 +97,7 @@ mod tests {
         let r: Result<(), &str> = p
             .run(
                 |e| *e == "busy",
-                |_| {
+                |_, _| {
                     calls += 1;
                     async { Err("fatal") }
                 },

@@ -36,7 +36,9 @@ pub struct KeeperOptions {
     /// How long a token read from the store is trusted in memory before it is read again, so a
     /// token the refresher replaced is picked up well within WeChat's 5-minute overlap.
     pub memory_max_age: Duration,
-    /// How long a fetch lease lasts: longer than one WeChat fetch with its retries.
+    /// How long a fetch lease lasts: longer than one WeChat fetch with its retries (the client's
+    /// retry budget), and shorter than `wait_budget`, so callers waiting on a holder that died
+    /// take over within their own wait.
     pub lease_ttl: Duration,
     /// How long a caller waits for a token (for another instance's fetch, or its own).
     pub wait_budget: Duration,
@@ -50,7 +52,7 @@ impl Default for KeeperOptions {
         KeeperOptions {
             min_remaining: Duration::from_secs(90),
             memory_max_age: Duration::from_secs(120),
-            lease_ttl: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(8),
             wait_budget: Duration::from_secs(9),
             poll_interval: Duration::from_millis(50),
             force_min_interval: Duration::from_secs(30),
@@ -191,28 +193,28 @@ impl TokenKeeper {
 
     /// Gets a new token with at most one fetch across the fleet. `rejected` is the token WeChat
     /// just refused, if that is why we are here (a shared token equal to it does not count).
+    ///
+    /// The whole wait (queueing behind this instance's other callers included) is bounded by
+    /// `wait_budget`; only a fetch this caller started itself may run past it.
     async fn fetch_once(&self, rejected: Option<&Secret>) -> Result<Secret, TokenError> {
-        let _flight = self.flight.lock().await;
+        let deadline = Instant::now() + self.opts.wait_budget;
+        let timeout = || TokenError::Timeout(self.opts.wait_budget);
+        let _flight = tokio::time::timeout_at(deadline.into(), self.flight.lock())
+            .await
+            .map_err(|_| timeout())?;
         // Another task of this instance may have finished the work while we queued.
         if let Some(t) = self.memory().filter(|t| Some(t) != rejected) {
             return Ok(t);
         }
         let lease = format!("fetch#{}", self.key);
-        let started = Instant::now();
         let mut next_lease_try = Instant::now();
         loop {
             if let Some(t) = self.shared_except(rejected).await? {
                 return Ok(t);
             }
             if Instant::now() >= next_lease_try {
-                let now_ms = crate::now_millis();
-                let ttl = self.opts.lease_ttl.as_millis() as u64;
-                if self
-                    .store
-                    .try_lease(&lease, &self.holder, now_ms, ttl)
-                    .await?
-                {
-                    let result = self.fetch_and_store(rejected).await;
+                if self.take_lease(&lease).await? {
+                    let result = self.fetch_holding_lease(rejected).await;
                     // On failure too: the next caller may try at once instead of waiting it out.
                     if let Err(e) = self.store.release_lease(&lease, &self.holder).await {
                         tracing::warn!(error = %e, "could not release the token lease");
@@ -221,69 +223,131 @@ impl TokenKeeper {
                 }
                 next_lease_try = Instant::now() + self.opts.poll_interval * 5;
             }
-            if started.elapsed() >= self.opts.wait_budget {
-                return Err(TokenError::Timeout(self.opts.wait_budget));
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(timeout());
             }
-            tokio::time::sleep(self.opts.poll_interval).await;
+            tokio::time::sleep(self.opts.poll_interval.min(deadline - now)).await;
         }
     }
 
-    /// Asks WeChat (we hold the lease) and writes the result to the shared item.
-    async fn fetch_and_store(&self, rejected: Option<&Secret>) -> Result<Secret, TokenError> {
-        let fetched = match self.mode {
-            TokenMode::Legacy => self.wechat.legacy_token().await,
-            TokenMode::Stable => match self.wechat.stable_token(false).await {
-                Ok(t) if Some(&t.token) == rejected => self.force_refresh().await,
-                other => other,
-            },
+    async fn take_lease(&self, lease: &str) -> Result<bool, StoreError> {
+        let ttl = self.opts.lease_ttl.as_millis() as u64;
+        self.store
+            .try_lease(lease, &self.holder, crate::now_millis(), ttl)
+            .await
+    }
+
+    /// With the fetch lease: look once more, then fetch. The previous holder may have written a
+    /// token and released the lease between our last read and our lease write; fetching then
+    /// would be a second fetch (and in legacy mode would cut the token everyone just picked up).
+    async fn fetch_holding_lease(&self, rejected: Option<&Secret>) -> Result<Secret, TokenError> {
+        if let Some(t) = self.shared_except(rejected).await? {
+            return Ok(t);
         }
-        .inspect_err(|e| log_fetch_error(self.mode, e))?;
-        let now = crate::now_secs();
-        let stored = StoredToken {
-            token: fetched.token.clone(),
-            expires_at: now + fetched.expires_in,
-            fetched_at: now,
+        if let (TokenMode::Legacy, Some(failed)) = (self.mode, rejected) {
+            // Compare-and-delete, once per rejection (not once per rejected request): a token
+            // someone else already replaced stays, and if our fetch fails, nobody picks up the
+            // dead one meanwhile. A stable token is not dropped: WeChat may still call it current.
+            self.store.delete_token_if(&self.key, failed).await?;
+        }
+        Ok(self.fetch_and_store(rejected).await?.token)
+    }
+
+    /// Asks WeChat (we hold the lease) and writes the result to the shared item. Returns the
+    /// shared token afterwards: ours, or a newer one another fetch wrote meanwhile.
+    async fn fetch_and_store(&self, rejected: Option<&Secret>) -> Result<StoredToken, TokenError> {
+        // Stamp the token with the time the fetch started, not the time it returned: a later
+        // lease holder started later, so a slow fetch that outlived its lease can never replace
+        // what that holder wrote (put_token keeps the later `fetched_at`). It is also the
+        // conservative base for the expiry: WeChat issued the token no earlier than this.
+        let started = crate::now_secs();
+        let fetched = match self.mode {
+            TokenMode::Legacy => self
+                .wechat
+                .legacy_token()
+                .await
+                .inspect_err(|e| log_fetch_error(self.mode, e))?,
+            TokenMode::Stable => {
+                let t = self
+                    .wechat
+                    .stable_token(false)
+                    .await
+                    .inspect_err(|e| log_fetch_error(self.mode, e))?;
+                if Some(&t.token) == rejected {
+                    self.force_refresh().await?
+                } else {
+                    t
+                }
+            }
         };
-        self.store.put_token(&self.key, &stored).await?;
-        self.remember(&stored.token, stored.expires_at);
+        let ours = StoredToken {
+            token: fetched.token.clone(),
+            expires_at: started + fetched.expires_in,
+            fetched_at: started,
+        };
+        self.store.put_token(&self.key, &ours).await?;
         tracing::info!(
             mode = self.mode.as_str(),
             expires_in = fetched.expires_in,
             "access token fetched"
         );
-        Ok(stored.token)
+        // The write is conditional: read back which token the fleet now shares, so this instance
+        // does not go on with one the others never see.
+        let shared = match self.store.get_token(&self.key).await? {
+            Some(t)
+                if t.token != ours.token
+                    && self.usable(t.expires_at)
+                    && Some(&t.token) != rejected =>
+            {
+                tracing::warn!(
+                    mode = self.mode.as_str(),
+                    "a newer access token was stored while fetching; using that one"
+                );
+                t
+            }
+            _ => ours,
+        };
+        self.remember(&shared.token, shared.expires_at);
+        Ok(shared)
     }
 
-    /// Stable mode's last resort: WeChat handed back the very token it rejected.
-    async fn force_refresh(&self) -> Result<FetchedToken, WxError> {
+    /// Stable mode's last resort: WeChat handed back the very token it rejected. At most one
+    /// force refresh per `force_min_interval` across the fleet: the lease is taken before the
+    /// call and never released, so it runs out after the gap (WeChat allows 20 a day, 30 s apart).
+    async fn force_refresh(&self) -> Result<FetchedToken, TokenError> {
         let lease = format!("force#{}", self.wechat.appid());
-        let now_ms = crate::now_millis();
         let gap = self.opts.force_min_interval.as_millis() as u64;
-        // This lease is never released: it expires after the minimum gap, fleet-wide.
-        match self
+        if !self
             .store
-            .try_lease(&lease, &self.holder, now_ms, gap)
-            .await
+            .try_lease(&lease, &self.holder, crate::now_millis(), gap)
+            .await?
         {
-            Ok(true) => {
-                tracing::warn!("stable token rejected but still current: force refresh");
-                self.wechat.stable_token(true).await
-            }
-            Ok(false) => Err(WxError::Api {
+            tracing::error!(
+                mode = self.mode.as_str(),
+                "stable token rejected but still current, and a force refresh was already done \
+                 within the minimum gap: not forcing again"
+            );
+            return Err(TokenError::WeChat(WxError::Api {
                 errcode: 40001,
                 errmsg: "access token rejected; force refresh already done in the last 30 s".into(),
-            }),
-            Err(e) => Err(WxError::Transport(e.to_string())),
+            }));
         }
+        tracing::warn!(
+            mode = self.mode.as_str(),
+            "stable token rejected but still current: force refresh"
+        );
+        Ok(self
+            .wechat
+            .stable_token(true)
+            .await
+            .inspect_err(|e| log_fetch_error(self.mode, e))?)
     }
 
-    /// Handles a rejection of `failed`: a newer shared token if there is one, else a fresh fetch.
+    /// Handles a rejection of `failed`: a newer shared token if there is one, else a fresh fetch
+    /// (by whoever holds the lease, which drops `failed` from the table if it is still there).
     pub async fn replace_rejected(&self, failed: &Secret) -> Result<Secret, TokenError> {
         self.forget(failed);
-        if self.mode == TokenMode::Legacy {
-            // Compare-and-delete: a token someone else already replaced stays.
-            self.store.delete_token_if(&self.key, failed).await?;
-        }
         self.fetch_once(Some(failed)).await
     }
 
@@ -291,31 +355,34 @@ impl TokenKeeper {
     /// two more runs. Stable mode simply asks each run (normal mode is idempotent and cheap).
     pub async fn refresh_scheduled(&self, interval: Duration) -> Result<RefreshReport, TokenError> {
         let horizon = 2 * interval.as_secs() + self.opts.min_remaining.as_secs();
-        let current = self.store.get_token(&self.key).await?;
-        let needs = match (&current, self.mode) {
-            (_, TokenMode::Stable) => true,
-            (None, _) => true,
-            (Some(t), _) => t.expires_at <= crate::now_secs() + horizon,
+        let needs = |t: &Option<StoredToken>| match (t, self.mode) {
+            (_, TokenMode::Stable) | (None, _) => true,
+            (Some(t), TokenMode::Legacy) => t.expires_at <= crate::now_secs() + horizon,
         };
-        let (fetched, expires_at) = if needs {
+        let current = self.store.get_token(&self.key).await?;
+        let (fetched, expires_at) = if !needs(&current) {
+            (false, current.map_or(0, |t| t.expires_at))
+        } else {
             let lease = format!("fetch#{}", self.key);
-            let ttl = self.opts.lease_ttl.as_millis() as u64;
-            if self
-                .store
-                .try_lease(&lease, &self.holder, crate::now_millis(), ttl)
-                .await?
-            {
-                let result = self.fetch_and_store(None).await;
-                let _ = self.store.release_lease(&lease, &self.holder).await;
-                result?;
-                let t = self.store.get_token(&self.key).await?;
-                (true, t.map(|t| t.expires_at).unwrap_or(0))
+            if self.take_lease(&lease).await? {
+                // A request may have fetched between our read and our lease: in legacy mode a
+                // second fetch would only cut the token everyone just picked up.
+                let result = match self.store.get_token(&self.key).await {
+                    Ok(again) if !needs(&again) => Ok((false, again.map_or(0, |t| t.expires_at))),
+                    Ok(_) => self
+                        .fetch_and_store(None)
+                        .await
+                        .map(|t| (true, t.expires_at)),
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = self.store.release_lease(&lease, &self.holder).await {
+                    tracing::warn!(error = %e, "could not release the token lease");
+                }
+                result?
             } else {
                 // A request is fetching right now; its result is as good as ours.
                 (false, self.token().await.map(|_| self.cached_expiry())?)
             }
-        } else {
-            (false, current.map(|t| t.expires_at).unwrap_or(0))
         };
         Ok(RefreshReport {
             mode: self.mode.as_str(),
@@ -344,6 +411,31 @@ fn log_fetch_error(mode: TokenMode, e: &WxError) {
 
 /// For the team's other systems: the current shared access token, without the app secret and
 /// without ever fetching (the refresher keeps it fresh). Needs only `dynamodb:GetItem` on the table.
+///
+/// `None` when there is no token for that app and mode, or the stored one has expired (DynamoDB's
+/// TTL deletes items late, so the expiry is checked here).
+///
+/// ```
+/// use wxmp::config::TokenMode;
+/// use wxmp::secret::Secret;
+/// use wxmp::store::{MemoryStore, StoredToken, TokenStore};
+/// use wxmp::token::read_shared_token;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), wxmp::store::StoreError> {
+/// let store = MemoryStore::new();
+/// let now = wxmp::now_secs();
+/// let token = StoredToken { token: Secret::new("ACCESS"), expires_at: now + 7200, fetched_at: now };
+/// // The keeper stores it under `<appid>#<mode>`.
+/// store.put_token("wx123#stable", &token).await?;
+///
+/// let shared = read_shared_token(&store, "wx123", TokenMode::Stable).await?;
+/// assert_eq!(shared.map(|t| t.token.expose().to_string()), Some("ACCESS".into()));
+/// // Legacy and stable tokens are kept apart.
+/// assert_eq!(read_shared_token(&store, "wx123", TokenMode::Legacy).await?, None);
+/// # Ok(())
+/// # }
+/// ```
 pub async fn read_shared_token(
     store: &dyn Store,
     appid: &str,
@@ -353,4 +445,70 @@ pub async fn read_shared_token(
         .get_token(&format!("{appid}#{}", mode.as_str()))
         .await?;
     Ok(t.filter(|t| t.expires_at > crate::now_secs()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MemoryStore, TokenStore};
+
+    fn stored(token: &str, expires_at: u64) -> StoredToken {
+        StoredToken {
+            token: Secret::new(token),
+            expires_at,
+            fetched_at: expires_at.saturating_sub(7200),
+        }
+    }
+
+    #[test]
+    fn default_lease_outlasts_a_fetch_and_runs_out_within_a_wait() {
+        let o = KeeperOptions::default();
+        let retry = crate::retry::RetryPolicy::default();
+        // The last try may start just before the retry budget ends and run 200 ms or more.
+        assert!(o.lease_ttl >= retry.budget + Duration::from_secs(1));
+        // A waiter that arrived with a holder that then died: the lease runs out, and the next
+        // lease try (every 5 polls) comes while the waiter still waits.
+        assert!(o.lease_ttl + o.poll_interval * 5 < o.wait_budget);
+        assert!(o.force_min_interval >= Duration::from_secs(30));
+    }
+
+    #[tokio::test]
+    async fn read_shared_token_reads_the_keepers_item_and_checks_expiry() {
+        let store = MemoryStore::new();
+        let now = crate::now_secs();
+        assert_eq!(
+            read_shared_token(&store, "wx1", TokenMode::Stable)
+                .await
+                .unwrap(),
+            None
+        );
+
+        store
+            .put_token("wx1#legacy", &stored("L", now + 100))
+            .await
+            .unwrap();
+        let got = read_shared_token(&store, "wx1", TokenMode::Legacy)
+            .await
+            .unwrap();
+        assert_eq!(got, Some(stored("L", now + 100)));
+        assert_eq!(
+            read_shared_token(&store, "wx2", TokenMode::Legacy)
+                .await
+                .unwrap(),
+            None,
+            "another app's token"
+        );
+
+        // Expired but not yet deleted by the TTL sweeper: as good as gone.
+        store
+            .put_token("wx1#stable", &stored("S", now))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_shared_token(&store, "wx1", TokenMode::Stable)
+                .await
+                .unwrap(),
+            None
+        );
+    }
 }

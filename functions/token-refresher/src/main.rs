@@ -1,5 +1,7 @@
 //! The token refresher: EventBridge invokes it every 4 minutes (any event payload will do).
-//! A failed refresh returns `Err`, so the function's Errors metric (and its alarm) sees it.
+//! `REFRESH_INTERVAL_SECS` (default 240) must match that schedule: the refresh makes sure the
+//! shared token outlives two more runs. A failed refresh returns `Err`, so the function's Errors
+//! metric (and its alarm) sees it.
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
@@ -8,10 +10,11 @@ use wxmp::App;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     wxmp::logging::init();
+    let interval = wxmp::refresher::interval_from_env()?;
     let app = App::from_env().await?;
     let app = &app;
     lambda_runtime::run(service_fn(move |_: LambdaEvent<Value>| async move {
-        Ok::<_, Error>(wxmp::refresher::run_once(app).await?)
+        Ok::<_, Error>(wxmp::refresher::run_with_interval(app, interval).await?)
     }))
     .await
 }
