@@ -190,13 +190,17 @@ impl TokenStore for DynamoStore {
     }
 
     async fn delete_token_if(&self, key: &str, token: &Secret) -> Result<bool, StoreError> {
+        // Marked expired rather than deleted: readers treat both alike, the next fetch overwrites
+        // it, and concurrent reads never meet a half-deleted item (moto's server has that race).
         let r = self
             .client
-            .delete_item()
+            .update_item()
             .table_name(&self.table)
             .key("pk", s(token_pk(key)))
+            .update_expression("SET expires_at = :now")
             .condition_expression("access_token = :t")
             .expression_attribute_values(":t", s(token.expose()))
+            .expression_attribute_values(":now", n(crate::now_secs()))
             .send()
             .await;
         match r {
@@ -234,13 +238,16 @@ impl TokenStore for DynamoStore {
     }
 
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        // Released by ending it now (not by deleting the item), for the same reason as above.
         let r = self
             .client
-            .delete_item()
+            .update_item()
             .table_name(&self.table)
             .key("pk", s(lease_pk(name)))
+            .update_expression("SET until_ms = :zero")
             .condition_expression("holder = :h")
             .expression_attribute_values(":h", s(holder))
+            .expression_attribute_values(":zero", n(0))
             .send()
             .await;
         match r {

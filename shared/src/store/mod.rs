@@ -64,7 +64,8 @@ pub trait TokenStore: Send + Sync {
     async fn get_token(&self, key: &str) -> Result<Option<StoredToken>, StoreError>;
     /// Writes the token unless the stored one was fetched later (a slow writer never wins).
     async fn put_token(&self, key: &str, token: &StoredToken) -> Result<(), StoreError>;
-    /// Deletes the stored token only if it is still `token`; true if it was deleted.
+    /// Drops the stored token (readers then see none usable) only if it is still `token`;
+    /// true if it was dropped.
     async fn delete_token_if(&self, key: &str, token: &Secret) -> Result<bool, StoreError>;
     /// Takes the lease `name` for `holder` until `now_ms + ttl_ms`, if nobody holds an unexpired
     /// one. Conditional write: across all instances at most one caller wins.
