@@ -36,11 +36,26 @@ pub const ROUTES: &[(&str, &str, Surface)] = &[
 ];
 
 impl Surface {
-    fn serves(self, path: &str) -> bool {
-        ROUTES
-            .iter()
-            .any(|(_, p, s)| *p == path && (self == Surface::All || *s == self))
+    fn includes(self, owner: Surface) -> bool {
+        self == Surface::All || self == owner
     }
+}
+
+/// Whether `surface` serves `method path`; if not, the contract's answer: 400 for a known path
+/// with the wrong method (naming the allowed ones), 404 otherwise.
+fn check_route(surface: Surface, method: &Method, path: &str) -> Result<(), ApiError> {
+    let same_path = || ROUTES.iter().filter(|(_, p, _)| *p == path);
+    if same_path().any(|(m, _, s)| *m == method.as_str() && surface.includes(*s)) {
+        return Ok(());
+    }
+    let allowed: Vec<&str> = same_path().map(|(m, _, _)| *m).collect();
+    if allowed.is_empty() || allowed.contains(&method.as_str()) {
+        return Err(ApiError::NotFound(format!("{method} {path}")));
+    }
+    Err(ApiError::InvalidRequest(format!(
+        "method {method} is not allowed on {path}; use {}",
+        allowed.join(", ")
+    )))
 }
 
 /// Serves one request. Never fails: every error becomes a JSON response.
@@ -53,10 +68,9 @@ pub async fn handle(
     let started = Instant::now();
     let method = req.method().clone();
     let path = normalise(req.uri().path()).to_string();
-    let result = if surface.serves(&path) {
-        route(app, &method, &path, req).await
-    } else {
-        Err(ApiError::NotFound(format!("{method} {path}")))
+    let result = match check_route(surface, &method, &path) {
+        Ok(()) => route(app, &method, &path, req).await,
+        Err(e) => Err(e),
     };
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {
@@ -101,17 +115,8 @@ async fn route(
         }
         ("/qrcode", &Method::POST) => qrcode::qrcode(app, &parts.headers, &body).await,
         ("/phone", &Method::POST) => Ok(json_ok(&qrcode::phone(app, &parts.headers, &body).await?)),
-        ("/qrcode" | "/phone", _) => Err(method_not_allowed(method, path, "POST")),
-        ("/login", _) => Err(method_not_allowed(method, path, "POST")),
-        ("/session", _) => Err(method_not_allowed(method, path, "GET, DELETE")),
         _ => Err(ApiError::NotFound(format!("{method} {path}"))),
     }
-}
-
-fn method_not_allowed(method: &Method, path: &str, allowed: &str) -> ApiError {
-    ApiError::InvalidRequest(format!(
-        "method {method} is not allowed on {path}; use {allowed}"
-    ))
 }
 
 pub fn json_response(status: StatusCode, body: &Value) -> HttpResponse {

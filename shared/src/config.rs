@@ -92,7 +92,8 @@ impl Config {
             .unwrap_or_else(|| DEFAULT_WECHAT_API_BASE.to_string())
             .trim_end_matches('/')
             .to_string();
-        if !(wechat_api_base.starts_with("https://") || wechat_api_base.starts_with("http://")) {
+        let parsed = reqwest::Url::parse(&wechat_api_base).ok();
+        if !parsed.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some()) {
             return Err(ConfigError {
                 var: "WECHAT_API_BASE",
                 reason: format!("must be an http(s) URL, got {wechat_api_base:?}"),

@@ -39,7 +39,7 @@ impl From<crate::token::TokenError> for ApiError {
     fn from(e: crate::token::TokenError) -> Self {
         use crate::token::TokenError;
         match e {
-            TokenError::WeChat(w) => ApiError::from_wechat(w),
+            TokenError::WeChat(w) | TokenError::Fetch(w) => ApiError::from_wechat(w),
             TokenError::Store(s) => ApiError::Store(s),
             TokenError::Timeout(d) => ApiError::WeChatUnavailable(WxError::Transport(format!(
                 "no access token within {d:?}"

@@ -39,6 +39,18 @@ pub fn required_str<'a>(body: &'a Value, field: &str) -> Result<&'a str, ApiErro
     }
 }
 
+/// A WeChat client-side code (`wx.login`, the getPhoneNumber button) in `body.code`: 1-128
+/// printable ASCII characters, checked before WeChat sees it.
+pub fn client_code<'a>(body: &'a Value, from: &str) -> Result<&'a str, ApiError> {
+    let code = required_str(body, "code")?;
+    if code.is_empty() || code.len() > 128 || !code.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::InvalidRequest(format!(
+            "code must be the 1-128 printable characters {from} returned"
+        )));
+    }
+    Ok(code)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

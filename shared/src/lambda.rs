@@ -1,6 +1,7 @@
 //! The Lambda adapter: API Gateway HTTP API (payload 2.0) events in, the shared handler, responses
-//! out. Images leave as base64 with `isBase64Encoded` (lambda_http decides by content type);
-//! JSON stays text. The handler returns `Err` never: every failure is already a JSON response.
+//! out. JSON leaves as text, images as binary (which lambda_http sends base64 with
+//! `isBase64Encoded`). The handler returns `Err` never: every failure is already a JSON response,
+//! including running out of time (answered just before Lambda's deadline, not after it).
 
 use std::sync::Arc;
 
@@ -10,6 +11,17 @@ use lambda_http::{Body, Error, Request, RequestExt, Response, service_fn};
 
 use crate::api::{self, Surface};
 use crate::app::App;
+use crate::error::ApiError;
+use crate::wechat::WxError;
+
+/// Time kept back before Lambda's deadline to send the error answer.
+const DEADLINE_MARGIN_MS: u64 = 500;
+
+/// The time this invocation may still spend, if Lambda gave a deadline.
+fn time_left(deadline_ms: Option<u64>) -> Option<std::time::Duration> {
+    let left = deadline_ms?.saturating_sub(crate::now_millis() + DEADLINE_MARGIN_MS);
+    Some(std::time::Duration::from_millis(left.max(1)))
+}
 
 /// Runs the function until Lambda stops it.
 pub async fn run(app: App, surface: Surface) -> Result<(), Error> {
@@ -26,6 +38,7 @@ pub async fn serve(app: &App, surface: Surface, req: Request) -> Response<Body> 
         .lambda_context_ref()
         .map(|c| c.request_id.clone())
         .unwrap_or_else(crate::ids::new_request_id);
+    let deadline_ms = req.lambda_context_ref().map(|c| c.deadline);
     let stage = match req.request_context_ref() {
         Some(RequestContext::ApiGatewayV2(ctx)) => ctx.stage.clone(),
         _ => None,
@@ -51,13 +64,26 @@ pub async fn serve(app: &App, surface: Surface, req: Request) -> Response<Body> 
         Body::Binary(b) => Bytes::from(b),
         _ => Bytes::new(),
     };
-    let resp = api::handle(
-        app,
-        surface,
-        http::Request::from_parts(parts, body),
-        &request_id,
-    )
-    .await;
+    let request = http::Request::from_parts(parts, body);
+    let resp = match time_left(deadline_ms) {
+        Some(left) => {
+            match tokio::time::timeout(left, api::handle(app, surface, request, &request_id)).await
+            {
+                Ok(resp) => resp,
+                Err(_) => {
+                    tracing::error!(
+                        request_id,
+                        "request ran out of time before the Lambda deadline"
+                    );
+                    ApiError::WeChatUnavailable(WxError::Transport(
+                        "the request ran out of time".into(),
+                    ))
+                    .to_response(&request_id)
+                }
+            }
+        }
+        None => api::handle(app, surface, request, &request_id).await,
+    };
     let (parts, body) = resp.into_parts();
     let is_text = parts
         .headers

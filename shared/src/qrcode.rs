@@ -183,13 +183,17 @@ pub async fn qrcode(
     crate::session::authenticate(app, headers).await?;
     let req = CodeRequest::parse(&input::json_object(body)?)?;
     let params = req.wechat_body();
-    let cache = app.codes.as_ref().filter(|_| req.cache);
-    let key = CodeCache::key(&app.config.wechat.appid, &params.to_string());
-    if let Some(hit) = match cache {
-        Some(c) => c.get(&key).await,
-        None => None,
-    } {
-        return Ok(image_response(hit.content_type, hit.bytes, Some("hit")));
+    // The cache and its key only when it is in use for this request.
+    let cache = app.codes.as_ref().filter(|_| req.cache).map(|c| {
+        (
+            c,
+            CodeCache::key(&app.config.wechat.appid, &params.to_string()),
+        )
+    });
+    if let Some((c, key)) = &cache
+        && let Some(hit) = c.get(key).await
+    {
+        return image_response(hit.content_type, hit.bytes, Some("hit"));
     }
     let image = app
         .tokens
@@ -200,21 +204,22 @@ pub async fn qrcode(
         })
         .await
         .map_err(qrcode_error)?;
-    if let Some(c) = cache {
-        c.put_in_background(key, image.clone(), UPLOAD_WAIT).await;
+    if let Some((c, key)) = &cache {
+        c.put_in_background(key.clone(), image.clone(), UPLOAD_WAIT)
+            .await;
     }
     let Image {
         content_type,
         bytes,
     } = image;
-    Ok(image_response(content_type, bytes, cache.map(|_| "miss")))
+    image_response(content_type, bytes, cache.map(|_| "miss"))
 }
 
 fn image_response(
     content_type: String,
     bytes: Bytes,
     x_cache: Option<&str>,
-) -> crate::HttpResponse {
+) -> Result<crate::HttpResponse, ApiError> {
     let mut b = http::Response::builder()
         .status(StatusCode::OK)
         .header(http::header::CONTENT_TYPE, content_type)
@@ -226,8 +231,10 @@ fn image_response(
     if let Some(x) = x_cache {
         b = b.header("x-cache", x);
     }
-    b.body(bytes).unwrap_or_else(|_| {
-        ApiError::Internal("WeChat sent an unusable content type".into()).to_response("-")
+    b.body(bytes).map_err(|_| {
+        ApiError::WeChat(WxError::BadResponse(
+            "the image's content type is not a valid header".into(),
+        ))
     })
 }
 
@@ -258,12 +265,7 @@ fn qrcode_error(e: TokenError) -> ApiError {
 pub async fn phone(app: &App, headers: &http::HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     crate::session::authenticate(app, headers).await?;
     let body = input::json_object(body)?;
-    let code = input::required_str(&body, "code")?;
-    if code.is_empty() || code.len() > 128 || !code.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(bad(
-            "code must be the 1-128 printable characters the getPhoneNumber button returned",
-        ));
-    }
+    let code = input::client_code(&body, "the getPhoneNumber button")?;
     let info = app
         .tokens
         .with_token(|t| {

@@ -53,13 +53,7 @@ struct LoginCode(String);
 
 impl LoginCode {
     fn parse(body: &Value) -> Result<Self, ApiError> {
-        let code = input::required_str(body, "code")?;
-        if code.is_empty() || code.len() > 128 || !code.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(ApiError::InvalidRequest(
-                "code must be the 1-128 printable characters wx.login returned".into(),
-            ));
-        }
-        Ok(LoginCode(code.to_string()))
+        input::client_code(body, "wx.login").map(|c| LoginCode(c.to_string()))
     }
 }
 
@@ -72,10 +66,6 @@ pub async fn login(app: &App, body: &[u8]) -> Result<Value, ApiError> {
         .await
         .map_err(login_error)?;
     let now = crate::now_secs();
-    let new_user = app
-        .store
-        .record_login(&wx.openid, wx.unionid.as_deref(), now)
-        .await?;
     let token = ids::new_session_token();
     let record = SessionRecord {
         openid: wx.openid,
@@ -84,7 +74,13 @@ pub async fn login(app: &App, body: &[u8]) -> Result<Value, ApiError> {
         created_at: now,
         expires_at: now + app.config.session_ttl.as_secs(),
     };
+    // The session first: if recording the user then fails, the unused session simply expires,
+    // and the next login still reports the user as new.
     app.store.put_session(&key_for(&token), &record).await?;
+    let new_user = app
+        .store
+        .record_login(&record.openid, record.unionid.as_deref(), now)
+        .await?;
     tracing::info!(new_user, "session opened");
     Ok(json!({
         "token": token,

@@ -21,8 +21,12 @@ use crate::wechat::{FetchedToken, WeChatClient, WxError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
+    /// The call made with the token failed (route-specific meaning: a bad page, a used code...).
     #[error(transparent)]
     WeChat(#[from] WxError),
+    /// Getting the token itself failed (quota, configuration, WeChat down): never the client's fault.
+    #[error("access token fetch failed: {0}")]
+    Fetch(WxError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("no access token could be had within {0:?}")]
@@ -45,6 +49,23 @@ pub struct KeeperOptions {
     pub poll_interval: Duration,
     /// The fleet-wide minimum gap between two force refreshes (WeChat's own rule is 30 s).
     pub force_min_interval: Duration,
+}
+
+impl KeeperOptions {
+    /// The defaults, with the margin suited to the mode: WeChat renews a stable token only in its
+    /// last 300 s (and the old one stays valid to its end), so a 4-minute refresher keeps it above
+    /// 60 s; a 90 s margin would send requests to fetch. Legacy tokens are replaced by the
+    /// refresher well ahead, so the wider margin costs nothing there.
+    pub fn for_mode(mode: TokenMode) -> Self {
+        let min_remaining = match mode {
+            TokenMode::Stable => Duration::from_secs(30),
+            TokenMode::Legacy => Duration::from_secs(90),
+        };
+        KeeperOptions {
+            min_remaining,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for KeeperOptions {
@@ -96,7 +117,7 @@ impl TokenKeeper {
             mode,
             key,
             holder: ids::new_request_id(),
-            opts: KeeperOptions::default(),
+            opts: KeeperOptions::for_mode(mode),
             cache: Mutex::new(None),
             flight: tokio::sync::Mutex::new(()),
         }
@@ -267,13 +288,13 @@ impl TokenKeeper {
                 .wechat
                 .legacy_token()
                 .await
-                .inspect_err(|e| log_fetch_error(self.mode, e))?,
+                .map_err(|e| self.fetch_error(e))?,
             TokenMode::Stable => {
                 let t = self
                     .wechat
                     .stable_token(false)
                     .await
-                    .inspect_err(|e| log_fetch_error(self.mode, e))?;
+                    .map_err(|e| self.fetch_error(e))?;
                 if Some(&t.token) == rejected {
                     self.force_refresh().await?
                 } else {
@@ -328,7 +349,7 @@ impl TokenKeeper {
                 "stable token rejected but still current, and a force refresh was already done \
                  within the minimum gap: not forcing again"
             );
-            return Err(TokenError::WeChat(WxError::Api {
+            return Err(TokenError::Fetch(WxError::Api {
                 errcode: 40001,
                 errmsg: "access token rejected; force refresh already done in the last 30 s".into(),
             }));
@@ -337,11 +358,15 @@ impl TokenKeeper {
             mode = self.mode.as_str(),
             "stable token rejected but still current: force refresh"
         );
-        Ok(self
-            .wechat
+        self.wechat
             .stable_token(true)
             .await
-            .inspect_err(|e| log_fetch_error(self.mode, e))?)
+            .map_err(|e| self.fetch_error(e))
+    }
+
+    fn fetch_error(&self, e: WxError) -> TokenError {
+        log_fetch_error(self.mode, &e);
+        TokenError::Fetch(e)
     }
 
     /// Handles a rejection of `failed`: a newer shared token if there is one, else a fresh fetch

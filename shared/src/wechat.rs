@@ -23,6 +23,10 @@ pub const TOKEN_REJECTED: [i64; 3] = [40001, 40014, 42001];
 pub enum WxError {
     #[error("WeChat answered errcode {errcode}: {errmsg}")]
     Api { errcode: i64, errmsg: String },
+    /// No connection was made: WeChat never saw the request.
+    #[error("WeChat could not be reached: {0}")]
+    Unsent(String),
+    /// The exchange failed midway (timeout, reset, 5xx): WeChat may have acted on it.
     #[error("WeChat could not be reached: {0}")]
     Transport(String),
     #[error("WeChat answered something unexpected: {0}")]
@@ -41,7 +45,11 @@ impl WxError {
     }
     /// Busy (-1) and transport failures may go away on their own; nothing else does.
     pub fn is_transient(&self) -> bool {
-        matches!(self, WxError::Transport(_)) || self.errcode() == Some(-1)
+        matches!(self, WxError::Transport(_) | WxError::Unsent(_)) || self.errcode() == Some(-1)
+    }
+    /// For calls that spend a single-use code: retry only when WeChat surely did not use it.
+    pub fn is_safe_to_resend(&self) -> bool {
+        matches!(self, WxError::Unsent(_)) || self.errcode() == Some(-1)
     }
 }
 
@@ -158,16 +166,26 @@ impl WeChatClient {
         query: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<(String, bytes::Bytes), WxError> {
+        // Login and phone codes are single use: a retry after WeChat may have taken the code
+        // would only earn "code been used" and hide the real failure.
+        let retryable = match path {
+            "/sns/jscode2session" | "/wxa/business/getuserphonenumber" => {
+                WxError::is_safe_to_resend
+            }
+            _ => WxError::is_transient,
+        };
         let url = self.url(path, query);
+        let body =
+            body.map(|b| bytes::Bytes::from(serde_json::to_vec(b).expect("JSON values serialise")));
         self.retry
-            .run(WxError::is_transient, |attempt, left| {
+            .run(retryable, |attempt, left| {
                 // Each try ends by the budget's end, so a hanging WeChat cannot outlast it.
                 let timeout = left.clamp(Duration::from_millis(200), Duration::from_secs(5));
                 let mut req = self.http.request(method.clone(), url.clone()).timeout(timeout);
-                if let Some(b) = body {
+                if let Some(b) = &body {
                     req = req
                         .header(reqwest::header::CONTENT_TYPE, "application/json")
-                        .body(serde_json::to_vec(b).expect("JSON values serialise"));
+                        .body(b.clone());
                 }
                 async move {
                     let started = std::time::Instant::now();
@@ -198,7 +216,15 @@ impl WeChatClient {
         body: Option<&Value>,
     ) -> Result<T, WxError> {
         let (_, bytes) = self.call(method, path, query, body).await?;
-        serde_json::from_slice(&bytes).map_err(|e| WxError::BadResponse(format!("{path}: {e}")))
+        // serde's message can quote a value (a token, a session_key): keep only where it failed.
+        serde_json::from_slice(&bytes).map_err(|e| {
+            WxError::BadResponse(format!(
+                "{path}: {:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        })
     }
 
     /// Exchanges a `wx.login` code for the user's openid and session_key.
@@ -347,10 +373,15 @@ impl WeChatClient {
 
 /// Sends the request; any non-2xx status or transport failure is a (retryable) transport error.
 async fn exchange(req: reqwest::RequestBuilder) -> Result<(String, bytes::Bytes), WxError> {
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| WxError::Transport(e.without_url().to_string()))?;
+    let resp = req.send().await.map_err(|e| {
+        let unsent = e.is_connect();
+        let msg = e.without_url().to_string();
+        if unsent {
+            WxError::Unsent(msg)
+        } else {
+            WxError::Transport(msg)
+        }
+    })?;
     let status = resp.status();
     let content_type = resp
         .headers()
@@ -362,8 +393,12 @@ async fn exchange(req: reqwest::RequestBuilder) -> Result<(String, bytes::Bytes)
         .bytes()
         .await
         .map_err(|e| WxError::Transport(e.without_url().to_string()))?;
-    if !status.is_success() {
+    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
         return Err(WxError::Transport(format!("HTTP status {status}")));
+    }
+    if !status.is_success() {
+        // A 4xx will not change on retry (a wrong WECHAT_API_BASE, a proxy refusing us).
+        return Err(WxError::BadResponse(format!("HTTP status {status}")));
     }
     Ok((content_type, bytes))
 }

@@ -306,12 +306,13 @@ async fn chaos_every_request_succeeds_with_few_fetches_legacy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_refresher_an_expired_token_is_fetched_on_a_miss() {
     for mode in MODES {
-        // GIVEN tokens living 93 s: the keeper counts a token with under 90 s left as expired,
-        // which is inside the stable renewal window (92 s here, 300 s at WeChat), as with WeChat's
-        // real 7200 s tokens
+        // GIVEN tokens living 3 s beyond the keeper's margin (a token with less than the margin
+        // left counts as expired: 30 s stable, 90 s legacy), which is inside the stable renewal
+        // window (margin + 2 s here, 300 s at WeChat), as with WeChat's real 7200 s tokens
+        let margin = KeeperOptions::for_mode(mode).min_remaining.as_secs();
         let env = env_with(mode, |c| {
-            c.token_ttl_secs = 93;
-            c.stable_renew_window_secs = 92;
+            c.token_ttl_secs = margin + 3;
+            c.stable_renew_window_secs = margin + 2;
         })
         .await;
         let apps: Vec<Arc<App>> = (0..3).map(|_| Arc::new(env.build_app())).collect();
@@ -321,7 +322,7 @@ async fn without_the_refresher_an_expired_token_is_fetched_on_a_miss() {
         // WHEN no refresher runs and the token's usable life runs out
         let expires_at = stored(&env).await.expires_at;
         let waited = Instant::now();
-        while wxmp::now_secs() + 90 < expires_at {
+        while wxmp::now_secs() + margin < expires_at {
             assert!(waited.elapsed() < Duration::from_secs(10), "clock stuck?");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
