@@ -88,30 +88,30 @@ impl ApiError {
         }
     }
 
-    /// WeChat's errcode, when WeChat said something.
-    pub fn wechat_errcode(&self) -> Option<i64> {
+    /// The WeChat failure behind this error, if there is one.
+    fn wechat_source(&self) -> Option<&WxError> {
         match self {
             ApiError::RejectedInput { source: e, .. }
             | ApiError::InvalidCode(e)
             | ApiError::RiskyUser(e)
             | ApiError::RateLimited(e)
             | ApiError::WeChat(e)
-            | ApiError::WeChatUnavailable(e) => e.errcode(),
+            | ApiError::WeChatUnavailable(e) => Some(e),
             _ => None,
         }
     }
 
+    /// WeChat's errcode, when WeChat said something.
+    pub fn wechat_errcode(&self) -> Option<i64> {
+        self.wechat_source().and_then(WxError::errcode)
+    }
+
     /// What is logged: the public message plus the cause (never a secret: causes carry no URLs).
     pub fn detail(&self) -> String {
-        match self {
-            ApiError::RejectedInput { source: e, .. }
-            | ApiError::InvalidCode(e)
-            | ApiError::RiskyUser(e)
-            | ApiError::RateLimited(e)
-            | ApiError::WeChat(e)
-            | ApiError::WeChatUnavailable(e) => format!("{self}: {e}"),
-            ApiError::Store(e) => format!("{self}: {}", e.0),
-            ApiError::Internal(d) => format!("{self}: {d}"),
+        match (self.wechat_source(), self) {
+            (Some(e), _) => format!("{self}: {e}"),
+            (None, ApiError::Store(e)) => format!("{self}: {}", e.0),
+            (None, ApiError::Internal(d)) => format!("{self}: {d}"),
             _ => self.to_string(),
         }
     }

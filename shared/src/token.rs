@@ -101,7 +101,6 @@ pub struct TokenKeeper {
     store: Arc<dyn Store>,
     mode: TokenMode,
     key: String,
-    holder: String,
     opts: KeeperOptions,
     cache: Mutex<Option<Cached>>,
     /// Single flight inside this instance: concurrent misses queue here, not at DynamoDB.
@@ -116,7 +115,6 @@ impl TokenKeeper {
             store,
             mode,
             key,
-            holder: ids::new_request_id(),
             opts: KeeperOptions::for_mode(mode),
             cache: Mutex::new(None),
             flight: tokio::sync::Mutex::new(()),
@@ -234,12 +232,10 @@ impl TokenKeeper {
                 return Ok(t);
             }
             if Instant::now() >= next_lease_try {
-                if self.take_lease(&lease).await? {
+                if let Some(holder) = self.take_lease(&lease).await? {
                     let result = self.fetch_holding_lease(rejected).await;
                     // On failure too: the next caller may try at once instead of waiting it out.
-                    if let Err(e) = self.store.release_lease(&lease, &self.holder).await {
-                        tracing::warn!(error = %e, "could not release the token lease");
-                    }
+                    self.release_lease(&lease, &holder).await;
                     return result;
                 }
                 next_lease_try = Instant::now() + self.opts.poll_interval * 5;
@@ -252,11 +248,22 @@ impl TokenKeeper {
         }
     }
 
-    async fn take_lease(&self, lease: &str) -> Result<bool, StoreError> {
+    /// Takes the fetch lease under a fresh holder id (one per take, so a stale release by an
+    /// earlier take of this same instance can never end a newer one); returns that id.
+    async fn take_lease(&self, lease: &str) -> Result<Option<String>, StoreError> {
         let ttl = self.opts.lease_ttl.as_millis() as u64;
-        self.store
-            .try_lease(lease, &self.holder, crate::now_millis(), ttl)
-            .await
+        let holder = ids::new_request_id();
+        let taken = self
+            .store
+            .try_lease(lease, &holder, crate::now_millis(), ttl)
+            .await?;
+        Ok(taken.then_some(holder))
+    }
+
+    async fn release_lease(&self, lease: &str, holder: &str) {
+        if let Err(e) = self.store.release_lease(lease, holder).await {
+            tracing::warn!(error = %e, "could not release the token lease");
+        }
     }
 
     /// With the fetch lease: look once more, then fetch. The previous holder may have written a
@@ -341,7 +348,7 @@ impl TokenKeeper {
         let gap = self.opts.force_min_interval.as_millis() as u64;
         if !self
             .store
-            .try_lease(&lease, &self.holder, crate::now_millis(), gap)
+            .try_lease(&lease, &ids::new_request_id(), crate::now_millis(), gap)
             .await?
         {
             tracing::error!(
@@ -389,7 +396,7 @@ impl TokenKeeper {
             (false, current.map_or(0, |t| t.expires_at))
         } else {
             let lease = format!("fetch#{}", self.key);
-            if self.take_lease(&lease).await? {
+            if let Some(holder) = self.take_lease(&lease).await? {
                 // A request may have fetched between our read and our lease: in legacy mode a
                 // second fetch would only cut the token everyone just picked up.
                 let result = match self.store.get_token(&self.key).await {
@@ -400,9 +407,7 @@ impl TokenKeeper {
                         .map(|t| (true, t.expires_at)),
                     Err(e) => Err(e.into()),
                 };
-                if let Err(e) = self.store.release_lease(&lease, &self.holder).await {
-                    tracing::warn!(error = %e, "could not release the token lease");
-                }
+                self.release_lease(&lease, &holder).await;
                 result?
             } else {
                 // A request is fetching right now; its result is as good as ours.
