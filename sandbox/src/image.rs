@@ -31,6 +31,20 @@ const SCENE_PUNCTUATION: &str = "!#$&'()*+,/:;=?@-._~";
 const ENV_VERSIONS: [&str; 3] = ["release", "trial", "develop"];
 
 impl CodeParams {
+    /// A call with only `scene` given: every other parameter at WeChat's default.
+    pub fn defaults(scene: &str) -> Self {
+        CodeParams {
+            scene: scene.into(),
+            page: None,
+            width: DEFAULT_WIDTH,
+            auto_color: false,
+            line_color: (0, 0, 0),
+            is_hyaline: false,
+            env_version: "release".into(),
+            check_path: true,
+        }
+    }
+
     /// Parses a request body the way WeChat does, in the order WeChat reports errors.
     pub(crate) fn from_request(body: &[u8], published_pages: &[String]) -> Result<Self, WxError> {
         let value: Value = serde_json::from_slice(body).map_err(|_| error::INVALID_SCENE_LENGTH)?;
@@ -275,16 +289,7 @@ mod tests {
     use super::*;
 
     fn params() -> CodeParams {
-        CodeParams {
-            scene: "id=42".into(),
-            page: None,
-            width: 430,
-            auto_color: false,
-            line_color: (0, 0, 0),
-            is_hyaline: false,
-            env_version: "release".into(),
-            check_path: true,
-        }
+        CodeParams::defaults("id=42")
     }
 
     fn decode(bytes: &[u8]) -> (png::OutputInfo, Vec<u8>, Vec<u8>, Option<Vec<u8>>) {

@@ -627,16 +627,7 @@ async fn latency_delays_wechat_answers() {
 // ---------------------------------------------------------------- getwxacodeunlimit
 
 fn default_params(scene: &str) -> CodeParams {
-    CodeParams {
-        scene: scene.into(),
-        page: None,
-        width: 430,
-        auto_color: false,
-        line_color: (0, 0, 0),
-        is_hyaline: false,
-        env_version: "release".into(),
-        check_path: true,
-    }
+    CodeParams::defaults(scene)
 }
 
 #[tokio::test]

@@ -145,6 +145,25 @@ impl TestEnv {
         moto::dynamodb_client(&self.sdk)
     }
 
+    /// Every item of the test's table (a consistent scan; test tables fit one page).
+    pub async fn scan(
+        &self,
+    ) -> Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+        let out = self
+            .dynamodb()
+            .scan()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("Scan");
+        assert!(
+            out.last_evaluated_key.is_none(),
+            "the test table fits one page"
+        );
+        out.items.unwrap_or_default()
+    }
+
     /// Calls a route in-process through the same handler the functions run.
     pub async fn call(&self, method: &str, path: &str, bearer: Option<&str>, body: &[u8]) -> Reply {
         call_app(&self.app, method, path, bearer, body).await

@@ -167,15 +167,8 @@ async fn login_session_logout_through_the_binary() {
 }
 
 async fn stored_session_keys(env: &TestEnv) -> Vec<String> {
-    let out = env
-        .dynamodb()
-        .scan()
-        .table_name(&env.table)
-        .consistent_read(true)
-        .send()
+    env.scan()
         .await
-        .expect("Scan");
-    out.items()
         .iter()
         .filter_map(|i| match i.get("session_key") {
             Some(AttributeValue::S(s)) => Some(s.clone()),

@@ -10,16 +10,7 @@ use wechat_sandbox::{CodeParams, Faults, PhoneSpec, ScriptedError, render_code};
 const CODE_PATH: &str = "/wxa/getwxacodeunlimit";
 
 fn params(scene: &str) -> CodeParams {
-    CodeParams {
-        scene: scene.into(),
-        page: None,
-        width: 430,
-        auto_color: false,
-        line_color: (0, 0, 0),
-        is_hyaline: false,
-        env_version: "release".into(),
-        check_path: true,
-    }
+    CodeParams::defaults(scene)
 }
 
 async fn cached_env() -> TestEnv {

@@ -70,7 +70,21 @@ fn err<E: std::error::Error + 'static>(e: E) -> StoreError {
     StoreError(DisplayErrorContext(e).to_string())
 }
 
-/// True when the error is a failed `ConditionExpression`, which for us is an answer, not a fault.
+/// The outcome of a conditional write: true if it was made, false if its condition failed (an
+/// answer for us, not a fault).
+fn conditional<T, E, R>(r: Result<T, SdkError<E, R>>) -> Result<bool, StoreError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    match r {
+        Ok(_) => Ok(true),
+        Err(e) if is_condition_failed(&e) => Ok(false),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// True when the error is a failed `ConditionExpression`.
 fn is_condition_failed<E, R>(e: &SdkError<E, R>) -> bool
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
@@ -182,11 +196,7 @@ impl TokenStore for DynamoStore {
             .expression_attribute_values(":f", n(t.fetched_at))
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Ok(()),
-            Err(e) => Err(err(e)),
-        }
+        conditional(r).map(|_| ())
     }
 
     async fn delete_token_if(&self, key: &str, token: &Secret) -> Result<bool, StoreError> {
@@ -203,11 +213,7 @@ impl TokenStore for DynamoStore {
             .expression_attribute_values(":now", n(crate::now_secs()))
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(err(e)),
-        }
+        conditional(r)
     }
 
     async fn try_lease(
@@ -230,11 +236,7 @@ impl TokenStore for DynamoStore {
             .expression_attribute_values(":now", n(now_ms))
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(err(e)),
-        }
+        conditional(r)
     }
 
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
@@ -250,11 +252,7 @@ impl TokenStore for DynamoStore {
             .expression_attribute_values(":zero", n(0))
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Ok(()),
-            Err(e) => Err(err(e)),
-        }
+        conditional(r).map(|_| ())
     }
 }
 
