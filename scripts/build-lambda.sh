@@ -13,6 +13,7 @@ fi
 export PATH="$venv/bin:$PATH"
 
 functions=(login qrcode token-refresher)
+lambda_dir="${CARGO_TARGET_DIR:-target}/lambda"
 pkgs=()
 for f in "${functions[@]}"; do pkgs+=(-p "$f"); done
 
@@ -28,7 +29,7 @@ esac
 
 # The deployment package Lambda receives: bootstrap alone in a zip.
 for f in "${functions[@]}"; do
-  python3 - "target/lambda/$f" <<'PY'
+  python3 - "$lambda_dir/$f" <<'PY'
 import sys, zipfile, os
 d = sys.argv[1]
 with zipfile.ZipFile(os.path.join(d, "bootstrap.zip"), "w", zipfile.ZIP_DEFLATED) as z:
@@ -42,8 +43,8 @@ done
 
 printf '%-16s %12s %12s  %s\n' function bootstrap zip arch
 for f in "${functions[@]}"; do
-  bin="target/lambda/$f/bootstrap"
-  zip="target/lambda/$f/bootstrap.zip"
+  bin="$lambda_dir/$f/bootstrap"
+  zip="$lambda_dir/$f/bootstrap.zip"
   [ -f "$bin" ] || { echo "missing $bin" >&2; exit 1; }
   printf '%-16s %12s %12s  %s\n' "$f" "$(stat -c %s "$bin")" "$(stat -c %s "$zip")" "$(file -b "$bin" | cut -d, -f2 | xargs)"
 done

@@ -377,11 +377,14 @@ async fn warm_overhead() {
     );
 }
 
-fn release_binary(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| e2e::moto::workspace_root().join("target"));
-    let p = target.join("release").join(name);
+        .unwrap_or_else(|| e2e::moto::workspace_root().join("target"))
+}
+
+fn release_binary(name: &str) -> PathBuf {
+    let p = target_dir().join("release").join(name);
     assert!(
         p.exists(),
         "{} is missing: run scripts/bench.sh (it builds the release binaries)",
@@ -515,11 +518,10 @@ fn zipped_size(path: &std::path::Path) -> Option<u64> {
 
 fn sizes() {
     println!("\n== sizes (release profile: opt-level s, lto, codegen-units 1, panic abort, strip)");
-    let root = e2e::moto::workspace_root();
     for name in ["login", "qrcode", "token-refresher"] {
         // The target applies to what is deployed: the cargo lambda build (scripts/build-lambda.sh)
         // when there is one, else the host release binary.
-        let arm = root.join("target/lambda").join(name).join("bootstrap");
+        let arm = target_dir().join("lambda").join(name).join("bootstrap");
         let deployed = arm.exists();
         let host = release_binary(name);
         let size = std::fs::metadata(&host).map(|m| m.len()).unwrap_or(0);
