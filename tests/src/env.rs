@@ -145,6 +145,18 @@ impl TestEnv {
         moto::dynamodb_client(&self.sdk)
     }
 
+    /// The sandbox answers the next `count` calls to `path` with `errcode` (other faults off).
+    pub fn script(&self, path: &str, errcode: i64, count: u32) {
+        self.sandbox().set_faults(wechat_sandbox::Faults {
+            scripted: vec![wechat_sandbox::ScriptedError {
+                path: path.into(),
+                errcode,
+                count,
+            }],
+            ..Default::default()
+        });
+    }
+
     /// Every item of the test's table (a consistent scan; test tables fit one page).
     pub async fn scan(
         &self,

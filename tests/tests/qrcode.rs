@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use e2e::{Options, Reply, RuntimeApi, TestEnv, V2Response, moto, v2_event};
 use serde_json::{Value, json};
-use wechat_sandbox::{CodeParams, Faults, PhoneSpec, ScriptedError, render_code};
+use wechat_sandbox::{CodeParams, Faults, PhoneSpec, render_code};
 
 const CODE_PATH: &str = "/wxa/getwxacodeunlimit";
 
@@ -33,17 +33,6 @@ fn code_calls(env: &TestEnv) -> u64 {
         .get(CODE_PATH)
         .copied()
         .unwrap_or(0)
-}
-
-fn script(env: &TestEnv, path: &str, errcode: i64, count: u32) {
-    env.sandbox().set_faults(Faults {
-        scripted: vec![ScriptedError {
-            path: path.into(),
-            errcode,
-            count,
-        }],
-        ..Default::default()
-    });
 }
 
 /// Waits until the background upload has put one object in the bucket, and returns its key.
@@ -265,7 +254,7 @@ async fn wechats_json_errors_map_to_the_contract_and_are_never_images() {
         (40097, 400, "invalid_request"),
         (44990, 502, "wechat_error"),
     ] {
-        script(&env, CODE_PATH, errcode, 1);
+        env.script(CODE_PATH, errcode, 1);
         let r = qrcode(&env, &token, json!({"scene": "b"})).await;
         assert_eq!(
             (r.status, r.error_code().as_str()),

@@ -16,7 +16,7 @@ use e2e::{FunctionProcess, Options, RuntimeApi, TestEnv, binary_path};
 use serde_json::{Value, json};
 use tokio::sync::{Barrier, Semaphore};
 use tokio::task::JoinSet;
-use wechat_sandbox::{Faults, Sandbox, SandboxConfig, ScriptedError};
+use wechat_sandbox::{Faults, Sandbox, SandboxConfig};
 use wxmp::App;
 use wxmp::config::TokenMode;
 use wxmp::error::ApiError;
@@ -65,17 +65,6 @@ fn issued(env: &TestEnv) -> u64 {
         TokenMode::Stable => s.stable_issued,
         TokenMode::Legacy => s.legacy_issued,
     }
-}
-
-fn script(env: &TestEnv, path: &str, errcode: i64, count: u32) {
-    env.sandbox().set_faults(Faults {
-        scripted: vec![ScriptedError {
-            path: path.into(),
-            errcode,
-            count,
-        }],
-        ..Default::default()
-    });
 }
 
 /// A request that needs a token, through `keeper`; returns the token it succeeded with.
@@ -377,7 +366,7 @@ async fn a_rejected_token_is_retried_once_not_in_a_loop() {
     for mode in MODES {
         // GIVEN WeChat rejecting the token twice in a row
         let env = env_with(mode, |_| {}).await;
-        script(&env, CODE_PATH, 40001, 2);
+        env.script(CODE_PATH, 40001, 2);
 
         // WHEN a request needs a token
         let err = request(&env.app).await.expect_err("rejected twice");
@@ -401,7 +390,7 @@ async fn a_rejected_token_is_retried_once_not_in_a_loop() {
         // AND with a single rejection the retry succeeds with a new token
         let env = env_with(mode, |_| {}).await;
         let first = request(&env.app).await.expect("first request");
-        script(&env, CODE_PATH, 40001, 1);
+        env.script(CODE_PATH, 40001, 1);
         let second = request(&env.app).await.expect("retried once");
         assert_ne!(second, first);
         assert_eq!(stored(&env).await.token, second);
@@ -446,7 +435,7 @@ async fn force_refresh_happens_at_most_once_per_30_s_across_instances() {
     let t1 = request(&apps[0]).await.expect("first request");
 
     // WHEN WeChat rejects the token it still calls current (a normal call hands it back)
-    script(&env, CODE_PATH, 40001, 1);
+    env.script(CODE_PATH, 40001, 1);
     let t2 = request(&apps[0]).await.expect("forced, then retried");
 
     // THEN the keeper forced one refresh and the retry used the new token
@@ -456,7 +445,7 @@ async fn force_refresh_happens_at_most_once_per_30_s_across_instances() {
 
     // WHEN the new token is rejected too, within 30 s, on other instances
     for app in &apps[1..] {
-        script(&env, CODE_PATH, 40001, 1);
+        env.script(CODE_PATH, 40001, 1);
         let err = request(app).await.expect_err("no second force within 30 s");
         // THEN no second force: the request fails (503) instead
         assert_eq!(ApiError::from(err).status(), 503);
@@ -487,9 +476,9 @@ async fn force_refresh_is_allowed_again_after_the_minimum_gap() {
         ..KeeperOptions::default()
     });
     request_with(&env.app, &keeper).await.expect("first");
-    script(&env, CODE_PATH, 40001, 1);
+    env.script(CODE_PATH, 40001, 1);
     request_with(&env.app, &keeper).await.expect("first force");
-    script(&env, CODE_PATH, 40001, 1);
+    env.script(CODE_PATH, 40001, 1);
     request_with(&env.app, &keeper)
         .await
         .expect_err("within the gap");
@@ -497,7 +486,7 @@ async fn force_refresh_is_allowed_again_after_the_minimum_gap() {
 
     // WHEN the gap has passed
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    script(&env, CODE_PATH, 40001, 1);
+    env.script(CODE_PATH, 40001, 1);
 
     // THEN a rejection may force again
     request_with(&env.app, &keeper).await.expect("second force");
@@ -520,7 +509,7 @@ async fn token_fetch_errors_that_retrying_cannot_fix_are_not_retried() {
             (40243, 502, "wechat_error"),
         ] {
             let before = fetch_calls(&env);
-            script(&env, path, errcode, 5);
+            env.script(path, errcode, 5);
             let err = request(&env.app).await.expect_err("fetch refused");
             assert_eq!(fetch_calls(&env) - before, 1, "{errcode} was retried");
             let api = ApiError::from(err);
@@ -535,7 +524,7 @@ async fn token_fetch_errors_that_retrying_cannot_fix_are_not_retried() {
 
         // Busy (-1) is retried with backoff: two busy answers, then a token.
         let before = fetch_calls(&env);
-        script(&env, path, -1, 2);
+        env.script(path, -1, 2);
         request(&env.app).await.expect("busy twice, then served");
         assert_eq!(fetch_calls(&env) - before, 3);
     }
@@ -996,7 +985,7 @@ async fn token_refresher_binary_reports_and_logs_one_line_without_the_token() {
 async fn token_refresher_binary_fails_loudly_on_a_config_error_and_recovers() {
     // GIVEN WeChat refusing the first token fetch: the caller's IP is not on the allow-list
     let env = env_with(TokenMode::Stable, |_| {}).await;
-    script(&env, token_path(env.token_mode), 40164, 1);
+    env.script(token_path(env.token_mode), 40164, 1);
     let api = RuntimeApi::start().await;
     let function = FunctionProcess::spawn(
         &binary_path("token-refresher"),
