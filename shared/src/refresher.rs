@@ -26,10 +26,6 @@ pub fn interval_from_env() -> Result<Duration, crate::config::ConfigError> {
     }
 }
 
-pub async fn run_once(app: &App) -> Result<serde_json::Value, TokenError> {
-    run_with_interval(app, DEFAULT_INTERVAL).await
-}
-
 pub async fn run_with_interval(
     app: &App,
     interval: Duration,

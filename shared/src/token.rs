@@ -161,7 +161,7 @@ impl TokenKeeper {
         if let Some(t) = self.memory() {
             return Ok(t);
         }
-        if let Some(t) = self.shared().await? {
+        if let Some(t) = self.shared_except(None).await? {
             return Ok(t);
         }
         self.fetch_once(None).await
@@ -204,10 +204,6 @@ impl TokenKeeper {
         }
         self.remember(&t.token, t.expires_at);
         Ok(Some(t.token))
-    }
-
-    async fn shared(&self) -> Result<Option<Secret>, TokenError> {
-        self.shared_except(None).await
     }
 
     /// Gets a new token with at most one fetch across the fleet. `rejected` is the token WeChat

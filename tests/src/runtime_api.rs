@@ -522,6 +522,15 @@ impl FunctionProcess {
         lock(&self.output).join("\n")
     }
 
+    /// The output lines that parse as JSON objects (the functions log one JSON object a line).
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        lock(&self.output)
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(serde_json::Value::is_object)
+            .collect()
+    }
+
     /// Waits until some output line contains `needle`; false on timeout.
     /// Output is read asynchronously, so use this rather than
     /// [`FunctionProcess::output`] right after an invocation when asserting

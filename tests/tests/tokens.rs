@@ -960,9 +960,9 @@ async fn token_refresher_binary_reports_and_logs_one_line_without_the_token() {
         );
         // Both runs' lines are written before their responses are posted.
         let output = function.output();
-        let lines: Vec<Value> = output
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        let lines: Vec<Value> = function
+            .json_lines()
+            .into_iter()
             .filter(|v| v["message"] == "token refresh")
             .collect();
         assert_eq!(lines.len(), 2, "one line per run:\n{output}");
@@ -1012,9 +1012,9 @@ async fn token_refresher_binary_fails_loudly_on_a_config_error_and_recovers() {
         function.output()
     );
     let output = function.output();
-    let errors: Vec<Value> = output
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    let errors: Vec<Value> = function
+        .json_lines()
+        .into_iter()
         .filter(|v| v["level"] == "ERROR")
         .collect();
     assert!(

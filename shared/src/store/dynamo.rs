@@ -32,10 +32,6 @@ impl DynamoStore {
         }
     }
 
-    pub fn table(&self) -> &str {
-        &self.table
-    }
-
     async fn get(&self, pk: String) -> Result<Option<Item>, StoreError> {
         let out = self
             .client

@@ -242,7 +242,9 @@ async fn upstream_calls() {
     );
 
     let (w0, (r0, wr0)) = (wechat(&app), m.counts());
-    wxmp::refresher::run_once(&app).await.expect("refresh runs");
+    wxmp::refresher::run_with_interval(&app, wxmp::refresher::DEFAULT_INTERVAL)
+        .await
+        .expect("refresh runs");
     let (w1, (r1, wr1)) = (wechat(&app), m.counts());
     row(
         "refresher run (stable): WeChat calls",
