@@ -1,8 +1,6 @@
 //! The HTTP surface, independent of how requests arrive (Lambda or the local server): routing,
 //! one structured log line per request, and errors turned into the contract's JSON.
 
-use std::time::Instant;
-
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::Value;
@@ -65,7 +63,7 @@ pub async fn handle(
     req: HttpRequest,
     request_id: &str,
 ) -> HttpResponse {
-    let started = Instant::now();
+    let started = crate::clock::now();
     let method = req.method().clone();
     let path = normalise(req.uri().path()).to_string();
     let result = match check_route(surface, &method, &path) {

@@ -33,8 +33,13 @@ impl CodeCache {
         format!("{PREFIX}{digest}")
     }
 
-    /// The cached image, or `None` on a miss or any S3 failure (logged).
+    /// The cached image, or `None` on a miss, any S3 failure, or an object that is not a PNG or
+    /// JPEG by its bytes (each logged but the miss).
     pub async fn get(&self, key: &str) -> Option<Image> {
+        crate::scope::waiting_on(crate::scope::Waiting::Store, self.get_inner(key)).await
+    }
+
+    async fn get_inner(&self, key: &str) -> Option<Image> {
         let out = match self
             .client
             .get_object()
@@ -52,15 +57,17 @@ impl CodeCache {
                 return None;
             }
         };
-        let content_type = out
-            .content_type
-            .clone()
-            .unwrap_or_else(|| "image/png".into());
         match out.body.collect().await {
-            Ok(b) => Some(Image {
-                content_type,
-                bytes: b.into_bytes(),
-            }),
+            Ok(b) => match Image::from_bytes(b.into_bytes()) {
+                Ok(image) => Some(image),
+                Err(bytes) => {
+                    tracing::warn!(
+                        bytes = bytes.len(),
+                        "cached code is not an image; asking WeChat"
+                    );
+                    None
+                }
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "code cache read failed midway; asking WeChat");
                 None
@@ -73,7 +80,7 @@ impl CodeCache {
             .put_object()
             .bucket(&self.bucket)
             .key(key)
-            .content_type(&image.content_type)
+            .content_type(image.content_type)
             .cache_control("public, max-age=31536000, immutable")
             .body(ByteStream::from(image.bytes.clone()))
             .send()

@@ -27,6 +27,9 @@ pub enum ApiError {
     WeChat(#[source] WxError),
     #[error("WeChat is unavailable; retry later")]
     WeChatUnavailable(#[source] WxError),
+    /// The token keeper gave up by its own rules (WeChat said nothing that explains it).
+    #[error("no WeChat access token could be had; retry later")]
+    NoToken(#[source] crate::token::GiveUp),
     #[error("the session store is unavailable; retry later")]
     Store(#[from] StoreError),
     #[error("no route {0}")]
@@ -39,11 +42,10 @@ impl From<crate::token::TokenError> for ApiError {
     fn from(e: crate::token::TokenError) -> Self {
         use crate::token::TokenError;
         match e {
-            TokenError::WeChat(w) | TokenError::Fetch(w) => ApiError::from_wechat(w),
+            TokenError::WeChat(w) => ApiError::from_wechat(w),
+            TokenError::Fetch(w) => ApiError::from_token_fetch(w),
             TokenError::Store(s) => ApiError::Store(s),
-            TokenError::Timeout(d) => ApiError::WeChatUnavailable(WxError::Transport(format!(
-                "no access token within {d:?}"
-            ))),
+            TokenError::GaveUp(g) => ApiError::NoToken(g),
         }
     }
 }
@@ -60,6 +62,26 @@ impl ApiError {
         }
     }
 
+    /// A failure to get an access token from WeChat. On the token endpoints 40001 means a
+    /// wrong AppSecret (like 40013/40125), not a stale token: only busy answers and transport
+    /// failures are worth retrying later, and the quotas are rate limits.
+    pub fn from_token_fetch(err: WxError) -> Self {
+        match err.errcode() {
+            _ if err.is_transient() => ApiError::WeChatUnavailable(err),
+            Some(45009 | 45011) => ApiError::RateLimited(err),
+            _ => ApiError::WeChat(err),
+        }
+    }
+
+    /// The answer when a request overran its deadline, naming the part that ran out the clock.
+    pub fn out_of_time(waiting: crate::scope::Waiting) -> Self {
+        let msg = "the request ran out of time".to_string();
+        match waiting {
+            crate::scope::Waiting::Store => ApiError::Store(StoreError(msg)),
+            _ => ApiError::WeChatUnavailable(WxError::Transport(msg)),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidRequest(_) | ApiError::RejectedInput { .. } => StatusCode::BAD_REQUEST,
@@ -68,7 +90,9 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::WeChat(_) => StatusCode::BAD_GATEWAY,
-            ApiError::WeChatUnavailable(_) | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::WeChatUnavailable(_) | ApiError::NoToken(_) | ApiError::Store(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -81,7 +105,7 @@ impl ApiError {
             ApiError::RiskyUser(_) => "risky_user",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::WeChat(_) => "wechat_error",
-            ApiError::WeChatUnavailable(_) => "wechat_unavailable",
+            ApiError::WeChatUnavailable(_) | ApiError::NoToken(_) => "wechat_unavailable",
             ApiError::Store(_) => "store_unavailable",
             ApiError::NotFound(_) => "not_found",
             ApiError::Internal(_) => "internal",
@@ -111,6 +135,7 @@ impl ApiError {
         match (self.wechat_source(), self) {
             (Some(e), _) => format!("{self}: {e}"),
             (None, ApiError::Store(e)) => format!("{self}: {}", e.0),
+            (None, ApiError::NoToken(g)) => format!("{self}: {g}"),
             (None, ApiError::Internal(d)) => format!("{self}: {d}"),
             _ => self.to_string(),
         }
@@ -154,6 +179,37 @@ mod tests {
             ApiError::from_wechat(WxError::Transport("t".into())).status(),
             503
         );
+        // Fetching a token: 40001 is a wrong AppSecret, not a stale token.
+        assert_eq!(
+            ApiError::from_token_fetch(api(40001)).code(),
+            "wechat_error"
+        );
+        assert_eq!(ApiError::from_token_fetch(api(40001)).status(), 502);
+        assert_eq!(ApiError::from_token_fetch(api(-1)).status(), 503);
+        assert_eq!(ApiError::from_token_fetch(api(45009)).status(), 429);
+    }
+
+    #[test]
+    fn a_give_up_reports_no_wechat_errcode() {
+        let e = ApiError::from(crate::token::TokenError::GaveUp(
+            crate::token::GiveUp::ForceCapReached,
+        ));
+        assert_eq!((e.status().as_u16(), e.code()), (503, "wechat_unavailable"));
+        assert_eq!(e.wechat_errcode(), None);
+    }
+
+    #[test]
+    fn an_overrun_names_the_slow_part() {
+        use crate::scope::Waiting;
+        assert_eq!(
+            ApiError::out_of_time(Waiting::Store).code(),
+            "store_unavailable"
+        );
+        assert_eq!(
+            ApiError::out_of_time(Waiting::WeChat).code(),
+            "wechat_unavailable"
+        );
+        assert_eq!(ApiError::out_of_time(Waiting::Nothing).status(), 503);
     }
 
     #[test]

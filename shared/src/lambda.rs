@@ -12,15 +12,14 @@ use lambda_http::{Body, Error, Request, RequestExt, Response, service_fn};
 use crate::api::{self, Surface};
 use crate::app::App;
 use crate::error::ApiError;
-use crate::wechat::WxError;
 
 /// Time kept back before Lambda's deadline to send the error answer.
 const DEADLINE_MARGIN_MS: u64 = 500;
 
-/// The time this invocation may still spend, if Lambda gave a deadline.
-fn time_left(deadline_ms: Option<u64>) -> Option<std::time::Duration> {
-    let left = deadline_ms?.saturating_sub(crate::now_millis() + DEADLINE_MARGIN_MS);
-    Some(std::time::Duration::from_millis(left.max(1)))
+/// The point by which this invocation must answer, if Lambda gave a deadline.
+fn answer_by(deadline_ms: Option<u64>) -> Option<crate::clock::Instant> {
+    let ms = deadline_ms?.saturating_sub(DEADLINE_MARGIN_MS);
+    Some(crate::clock::instant_at_epoch_millis(ms))
 }
 
 /// Runs the function until Lambda stops it.
@@ -65,25 +64,27 @@ pub async fn serve(app: &App, surface: Surface, req: Request) -> Response<Body> 
         _ => Bytes::new(),
     };
     let request = http::Request::from_parts(parts, body);
-    let resp = match time_left(deadline_ms) {
-        Some(left) => {
-            match tokio::time::timeout(left, api::handle(app, surface, request, &request_id)).await
-            {
+    let answer_by = answer_by(deadline_ms);
+    // Upstream retries stop at the deadline (see `scope`), and an overrun is answered before it.
+    let resp = crate::scope::run(answer_by, async {
+        let handled = api::handle(app, surface, request, &request_id);
+        match answer_by {
+            None => handled.await,
+            Some(by) => match tokio::time::timeout_at(by, handled).await {
                 Ok(resp) => resp,
                 Err(_) => {
+                    let e = ApiError::out_of_time(crate::scope::waiting());
                     tracing::error!(
                         request_id,
+                        code = e.code(),
                         "request ran out of time before the Lambda deadline"
                     );
-                    ApiError::WeChatUnavailable(WxError::Transport(
-                        "the request ran out of time".into(),
-                    ))
-                    .to_response(&request_id)
+                    e.to_response(&request_id)
                 }
-            }
+            },
         }
-        None => api::handle(app, surface, request, &request_id).await,
-    };
+    })
+    .await;
     let (parts, body) = resp.into_parts();
     let is_text = parts
         .headers

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod app;
 pub mod aws;
+pub mod clock;
 pub mod codecache;
 pub mod config;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod logging;
 pub mod qrcode;
 pub mod refresher;
 pub mod retry;
+pub mod scope;
 pub mod secret;
 pub mod session;
 pub mod store;
@@ -24,14 +26,12 @@ pub use api::{HttpRequest, HttpResponse, Surface};
 pub use app::App;
 pub use config::Config;
 
-/// Seconds since the Unix epoch.
+/// Seconds since the Unix epoch, on the one [`clock`].
 pub fn now_secs() -> u64 {
-    now_millis() / 1000
+    clock::epoch_secs()
 }
 
+/// Milliseconds since the Unix epoch, on the one [`clock`].
 pub fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    clock::epoch_millis()
 }

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
@@ -193,7 +192,7 @@ pub async fn qrcode(
     if let Some((c, key)) = &cache
         && let Some(hit) = c.get(key).await
     {
-        return image_response(hit.content_type, hit.bytes, Some("hit"));
+        return Ok(image_response(hit, Some("hit")));
     }
     let image = app
         .tokens
@@ -208,21 +207,13 @@ pub async fn qrcode(
         c.put_in_background(key.clone(), image.clone(), UPLOAD_WAIT)
             .await;
     }
-    let Image {
-        content_type,
-        bytes,
-    } = image;
-    image_response(content_type, bytes, cache.map(|_| "miss"))
+    Ok(image_response(image, cache.map(|_| "miss")))
 }
 
-fn image_response(
-    content_type: String,
-    bytes: Bytes,
-    x_cache: Option<&str>,
-) -> Result<crate::HttpResponse, ApiError> {
+fn image_response(image: Image, x_cache: Option<&str>) -> crate::HttpResponse {
     let mut b = http::Response::builder()
         .status(StatusCode::OK)
-        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_TYPE, image.content_type)
         // A code for given parameters never changes.
         .header(
             http::header::CACHE_CONTROL,
@@ -231,11 +222,7 @@ fn image_response(
     if let Some(x) = x_cache {
         b = b.header("x-cache", x);
     }
-    b.body(bytes).map_err(|_| {
-        ApiError::WeChat(WxError::BadResponse(
-            "the image's content type is not a valid header".into(),
-        ))
-    })
+    b.body(image.bytes).expect("static headers are valid")
 }
 
 fn rejected(message: &str, e: WxError) -> ApiError {

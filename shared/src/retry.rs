@@ -1,11 +1,15 @@
 //! Bounded retries with exponential backoff and jitter, shared by every upstream call.
+//!
+//! Bounded by time, not by a count: a try starts only while the budget (and the request's
+//! deadline, see [`crate::scope`]) leaves room for it. A code, a login or a phone number is worth
+//! a few seconds of a user's wait; a real outage still answers within the budget.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::{self, Instant};
 
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
-    /// Total tries, the first included.
-    pub attempts: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
     /// No new try starts after this much time has gone by since the first.
@@ -15,7 +19,6 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            attempts: 4,
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
             budget: Duration::from_secs(6),
@@ -35,29 +38,33 @@ impl RetryPolicy {
         exp + Duration::from_millis(crate::ids::random_u64() % jitter_ms)
     }
 
-    /// Runs `op` until it succeeds, fails with an error `retryable` rejects, or tries/budget run out.
-    /// `op` gets the try number and the time left in the budget, and must bound the try by it
-    /// (the budget is checked only between tries).
+    /// When the budget of a run starting at `started` ends: the budget, or the request's
+    /// deadline if that comes first.
+    pub fn end(&self, started: Instant) -> Instant {
+        let own = started + self.budget;
+        crate::scope::deadline().map_or(own, |d| d.min(own))
+    }
+
+    /// Runs `op` until it succeeds, fails with an error `retryable` rejects, or the budget runs
+    /// out. `op` gets the try number and the time left, and must bound the try by it (the budget
+    /// is checked only between tries).
     pub async fn run<T, E, F, Fut>(&self, retryable: impl Fn(&E) -> bool, mut op: F) -> Result<T, E>
     where
         F: FnMut(u32, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
-        let started = Instant::now();
+        let end = self.end(clock::now());
         let mut attempt = 1;
         loop {
-            let left = self.budget.saturating_sub(started.elapsed());
+            let left = end.saturating_duration_since(clock::now());
             match op(attempt, left).await {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     let delay = self.delay(attempt);
-                    if attempt >= self.attempts
-                        || !retryable(&e)
-                        || started.elapsed() + delay > self.budget
-                    {
+                    if !retryable(&e) || clock::now() + delay >= end {
                         return Err(e);
                     }
-                    tokio::time::sleep(delay).await;
+                    clock::sleep(delay).await;
                     attempt += 1;
                 }
             }
@@ -69,13 +76,10 @@ impl RetryPolicy {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn stops_after_the_bounded_attempts() {
-        let p = RetryPolicy {
-            attempts: 3,
-            base_delay: Duration::from_millis(1),
-            ..Default::default()
-        };
+    #[tokio::test(start_paused = true)]
+    async fn retries_until_the_budget_not_a_count() {
+        let p = RetryPolicy::default();
+        let started = clock::now();
         let mut calls = 0;
         let r: Result<(), &str> = p
             .run(
@@ -87,7 +91,33 @@ mod tests {
             )
             .await;
         assert_eq!(r, Err("busy"));
-        assert_eq!(calls, 3);
+        let took = clock::now() - started;
+        // 0.1 + 0.2 + 0.4 + 0.8 + 1 + 1 ... s with up to 50% jitter: 6 to 10 tries in 6 s.
+        assert!((6..=10).contains(&calls), "{calls} tries");
+        assert!(took <= p.budget, "{took:?}");
+        assert!(took >= p.budget - p.max_delay * 2, "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_deadline_cuts_the_budget() {
+        let p = RetryPolicy::default();
+        let d = clock::now() + Duration::from_millis(900);
+        let calls = crate::scope::run(Some(d), async {
+            let mut calls = 0;
+            let _: Result<(), &str> = p
+                .run(
+                    |_| true,
+                    |_, _| {
+                        calls += 1;
+                        async { Err("busy") }
+                    },
+                )
+                .await;
+            calls
+        })
+        .await;
+        assert!(clock::now() < d, "gave up before the deadline");
+        assert!((2..=4).contains(&calls), "{calls} tries");
     }
 
     #[tokio::test]

@@ -4,17 +4,25 @@
 //! - Cold path: one consistent read of the shared item in DynamoDB.
 //! - Miss (no usable shared token): a lease taken with a conditional write lets exactly one caller
 //!   across the fleet ask WeChat; the others poll the shared item briefly and take over only if
-//!   the lease holder died (its lease ran out with no token written).
+//!   the lease holder died (its lease, renewed while the holder works, ran out with no token).
 //! - Rejected token (40001/40014/42001): drop it only if the shared token is still the failing one,
-//!   get a fresh one, retry the call once. In stable mode a normal-mode call comes first; force
-//!   refresh only if WeChat hands back the very token it rejected, and never more than once per
-//!   30 s across the fleet (WeChat allows 20 a day).
+//!   get another, call again. A token for the retry that came from the shared item was never
+//!   checked by anyone: if WeChat rejects it too, it is dropped the same way and a token comes
+//!   through the lease for one final call. So a request makes at most three calls, a token made
+//!   by this request's own fetch is never replaced again, and each dead token is fetched past
+//!   once across the fleet. In stable mode a normal-mode call comes first; force refresh only if
+//!   WeChat hands back the very token it rejected, at most once per 30 s and 10 times per UTC day
+//!   across the fleet (WeChat allows 20 a day).
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::clock::{self, Instant};
 use crate::config::TokenMode;
 use crate::ids;
+use crate::scope::{self, Waiting};
 use crate::secret::Secret;
 use crate::store::{Store, StoreError, StoredToken};
 use crate::wechat::{FetchedToken, WeChatClient, WxError};
@@ -24,13 +32,31 @@ pub enum TokenError {
     /// The call made with the token failed (route-specific meaning: a bad page, a used code...).
     #[error(transparent)]
     WeChat(#[from] WxError),
-    /// Getting the token itself failed (quota, configuration, WeChat down): never the client's fault.
+    /// WeChat refused or failed to issue a token; WeChat's own answer.
     #[error("access token fetch failed: {0}")]
     Fetch(WxError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("no access token could be had within {0:?}")]
+    /// The keeper gave up on its own rules; WeChat said nothing that explains it.
+    #[error("no access token: {0}")]
+    GaveUp(GiveUp),
+}
+
+/// Why the keeper gave up without a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GiveUp {
+    #[error("none could be had within {0:?}")]
     Timeout(Duration),
+    #[error(
+        "WeChat rejected the stable token but still hands it out, and a force refresh was done \
+         less than the minimum gap ago"
+    )]
+    ForceTooSoon,
+    #[error(
+        "WeChat rejected the stable token but still hands it out, and today's force refreshes \
+         are used up"
+    )]
+    ForceCapReached,
 }
 
 #[derive(Debug, Clone)]
@@ -40,15 +66,19 @@ pub struct KeeperOptions {
     /// How long a token read from the store is trusted in memory before it is read again, so a
     /// token the refresher replaced is picked up well within WeChat's 5-minute overlap.
     pub memory_max_age: Duration,
-    /// How long a fetch lease lasts: longer than one WeChat fetch with its retries (the client's
-    /// retry budget), and shorter than `wait_budget`, so callers waiting on a holder that died
-    /// take over within their own wait.
+    /// How long a fetch lease lasts without renewal. The holder renews it every third of this
+    /// while its fetch runs, however long that takes; a holder that died stops renewing, and
+    /// waiters take over once it runs out.
     pub lease_ttl: Duration,
-    /// How long a caller waits for a token (for another instance's fetch, or its own).
+    /// How long a caller waits for a token (for another instance's fetch, or its own): longer
+    /// than the longest fetch (the force path: two WeChat calls with their retry budgets, and
+    /// the store writes). A request's deadline cuts it shorter.
     pub wait_budget: Duration,
     pub poll_interval: Duration,
     /// The fleet-wide minimum gap between two force refreshes (WeChat's own rule is 30 s).
     pub force_min_interval: Duration,
+    /// Force refreshes allowed per UTC day across the fleet (WeChat allows 20).
+    pub force_daily_cap: u32,
 }
 
 impl KeeperOptions {
@@ -73,10 +103,11 @@ impl Default for KeeperOptions {
         KeeperOptions {
             min_remaining: Duration::from_secs(90),
             memory_max_age: Duration::from_secs(120),
-            lease_ttl: Duration::from_secs(8),
-            wait_budget: Duration::from_secs(9),
+            lease_ttl: Duration::from_secs(3),
+            wait_budget: Duration::from_secs(14),
             poll_interval: Duration::from_millis(50),
             force_min_interval: Duration::from_secs(30),
+            force_daily_cap: 10,
         }
     }
 }
@@ -86,6 +117,29 @@ struct Cached {
     token: Secret,
     expires_at: u64,
     loaded: Instant,
+}
+
+/// Where a token handed to a caller came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Read from memory or the shared item: nobody has checked it with WeChat.
+    Shared,
+    /// Issued by WeChat to a fetch this caller made holding the lease.
+    Fetched,
+}
+
+struct Got {
+    token: Secret,
+    origin: Origin,
+}
+
+impl Got {
+    fn shared(token: Secret) -> Self {
+        Got {
+            token,
+            origin: Origin::Shared,
+        }
+    }
 }
 
 /// What one scheduled refresh did, for its log line (never the token).
@@ -105,6 +159,45 @@ pub struct TokenKeeper {
     cache: Mutex<Option<Cached>>,
     /// Single flight inside this instance: concurrent misses queue here, not at DynamoDB.
     flight: tokio::sync::Mutex<()>,
+    /// When each kind of give-up was last logged (at most one line a minute each).
+    give_up_logged: Mutex<HashMap<&'static str, Instant>>,
+}
+
+/// A lease this caller holds. Dropped without [`Lease::release`] (the request was cancelled,
+/// say by the Lambda deadline), it is released in the background, so the next caller need not
+/// wait for it to run out.
+struct Lease {
+    store: Arc<dyn Store>,
+    name: String,
+    holder: String,
+    released: bool,
+}
+
+impl Lease {
+    async fn release(mut self) {
+        self.released = true;
+        if let Err(e) = self.store.release_lease(&self.name, &self.holder).await {
+            tracing::warn!(error = %e, "could not release the token lease");
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (store, name, holder) = (
+                self.store.clone(),
+                std::mem::take(&mut self.name),
+                std::mem::take(&mut self.holder),
+            );
+            rt.spawn(async move {
+                let _ = store.release_lease(&name, &holder).await;
+            });
+        }
+    }
 }
 
 impl TokenKeeper {
@@ -118,6 +211,7 @@ impl TokenKeeper {
             opts: KeeperOptions::for_mode(mode),
             cache: Mutex::new(None),
             flight: tokio::sync::Mutex::new(()),
+            give_up_logged: Mutex::new(HashMap::new()),
         }
     }
 
@@ -135,24 +229,35 @@ impl TokenKeeper {
         &self.key
     }
 
-    /// Calls `f` with a valid token; if WeChat rejects that token, refreshes and calls once more.
+    /// Calls `f` with a valid token. If WeChat rejects that token, replaces it and calls again;
+    /// if the replacement came unchecked from the shared item and is rejected as well, replaces
+    /// that one through the lease and makes one final call. At most three calls.
     pub async fn with_token<T, F, Fut>(&self, f: F) -> Result<T, TokenError>
     where
         F: Fn(Secret) -> Fut,
-        Fut: std::future::Future<Output = Result<T, WxError>>,
+        Fut: Future<Output = Result<T, WxError>>,
     {
-        let token = self.token().await?;
-        match f(token.clone()).await {
-            Err(e) if e.is_token_rejected() => {
-                tracing::warn!(
-                    errcode = e.errcode(),
-                    mode = self.mode.as_str(),
-                    "access token rejected; refreshing and retrying once"
-                );
-                let fresh = self.replace_rejected(&token).await?;
-                Ok(f(fresh).await?)
+        let mut token = self.token().await?;
+        let mut replaced = 0;
+        loop {
+            match f(token.clone()).await {
+                Err(e) if e.is_token_rejected() && replaced < 2 => {
+                    tracing::warn!(
+                        errcode = e.errcode(),
+                        mode = self.mode.as_str(),
+                        replaced,
+                        "access token rejected; replacing it and calling again"
+                    );
+                    let got = self.replace_rejected(&token).await?;
+                    replaced += 1;
+                    token = got.token;
+                    if got.origin == Origin::Fetched {
+                        // WeChat issued it to us just now: a rejection of it ends here.
+                        replaced = 2;
+                    }
+                }
+                other => return Ok(other?),
             }
-            other => Ok(other?),
         }
     }
 
@@ -164,7 +269,7 @@ impl TokenKeeper {
         if let Some(t) = self.shared_except(None).await? {
             return Ok(t);
         }
-        self.fetch_once(None).await
+        Ok(self.fetch_once(None).await?.token)
     }
 
     fn memory(&self) -> Option<Secret> {
@@ -179,7 +284,7 @@ impl TokenKeeper {
         *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(Cached {
             token: token.clone(),
             expires_at,
-            loaded: Instant::now(),
+            loaded: clock::now(),
         });
     }
 
@@ -210,82 +315,129 @@ impl TokenKeeper {
     /// just refused, if that is why we are here (a shared token equal to it does not count).
     ///
     /// The whole wait (queueing behind this instance's other callers included) is bounded by
-    /// `wait_budget`; only a fetch this caller started itself may run past it.
-    async fn fetch_once(&self, rejected: Option<&Secret>) -> Result<Secret, TokenError> {
-        let deadline = Instant::now() + self.opts.wait_budget;
-        let timeout = || TokenError::Timeout(self.opts.wait_budget);
-        let _flight = tokio::time::timeout_at(deadline.into(), self.flight.lock())
+    /// `wait_budget` and the request's deadline; only a fetch this caller started itself may run
+    /// past the budget (the deadline still cuts it, and its lease is then released).
+    async fn fetch_once(&self, rejected: Option<&Secret>) -> Result<Got, TokenError> {
+        scope::waiting_on(Waiting::WeChat, self.fetch_once_inner(rejected)).await
+    }
+
+    async fn fetch_once_inner(&self, rejected: Option<&Secret>) -> Result<Got, TokenError> {
+        let deadline = clock::now() + self.opts.wait_budget;
+        let timeout = || TokenError::GaveUp(GiveUp::Timeout(self.opts.wait_budget));
+        let _flight = tokio::time::timeout_at(deadline, self.flight.lock())
             .await
             .map_err(|_| timeout())?;
         // Another task of this instance may have finished the work while we queued.
         if let Some(t) = self.memory().filter(|t| Some(t) != rejected) {
-            return Ok(t);
+            return Ok(Got::shared(t));
         }
-        let lease = format!("fetch#{}", self.key);
-        let mut next_lease_try = Instant::now();
+        let mut next_lease_try = clock::now();
         loop {
             if let Some(t) = self.shared_except(rejected).await? {
-                return Ok(t);
+                return Ok(Got::shared(t));
             }
-            if Instant::now() >= next_lease_try {
-                if let Some(holder) = self.take_lease(&lease).await? {
-                    let result = self.fetch_holding_lease(rejected).await;
-                    // On failure too: the next caller may try at once instead of waiting it out.
-                    self.release_lease(&lease, &holder).await;
-                    return result;
+            if clock::now() >= next_lease_try {
+                if let Some(got) = self.under_lease(self.fetch_holding_lease(rejected)).await? {
+                    return got;
                 }
-                next_lease_try = Instant::now() + self.opts.poll_interval * 5;
+                next_lease_try = clock::now() + self.opts.poll_interval * 5;
             }
-            let now = Instant::now();
+            let now = clock::now();
             if now >= deadline {
                 return Err(timeout());
             }
-            tokio::time::sleep(self.opts.poll_interval.min(deadline - now)).await;
+            clock::sleep(self.opts.poll_interval.min(deadline - now)).await;
         }
     }
 
-    /// Takes the fetch lease under a fresh holder id (one per take, so a stale release by an
-    /// earlier take of this same instance can never end a newer one); returns that id.
-    async fn take_lease(&self, lease: &str) -> Result<Option<String>, StoreError> {
-        let ttl = self.opts.lease_ttl.as_millis() as u64;
+    /// Runs `work` holding the fleet-wide fetch lease, renewed while `work` runs, if the lease
+    /// can be taken now; `None` if another caller holds it.
+    ///
+    /// Each take uses a fresh holder id, so a stale release by an earlier take of this same
+    /// instance can never end a newer one.
+    async fn under_lease<T>(&self, work: impl Future<Output = T>) -> Result<Option<T>, StoreError> {
+        let name = format!("fetch#{}", self.key);
         let holder = ids::new_request_id();
-        let taken = self
+        let ttl = self.opts.lease_ttl.as_millis() as u64;
+        if !self
             .store
-            .try_lease(lease, &holder, crate::now_millis(), ttl)
-            .await?;
-        Ok(taken.then_some(holder))
-    }
-
-    async fn release_lease(&self, lease: &str, holder: &str) {
-        if let Err(e) = self.store.release_lease(lease, holder).await {
-            tracing::warn!(error = %e, "could not release the token lease");
+            .try_lease(&name, &holder, crate::now_millis(), ttl)
+            .await?
+        {
+            return Ok(None);
         }
+        let lease = Lease {
+            store: self.store.clone(),
+            name,
+            holder,
+            released: false,
+        };
+        let renew = async {
+            loop {
+                clock::sleep(self.opts.lease_ttl / 3).await;
+                let renewed = self
+                    .store
+                    .renew_lease(&lease.name, &lease.holder, crate::now_millis(), ttl)
+                    .await;
+                match renewed {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(
+                            mode = self.mode.as_str(),
+                            "the token lease ran out while fetching (a stalled instance?)"
+                        );
+                        std::future::pending::<()>().await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not renew the token lease"),
+                }
+            }
+        };
+        let out = tokio::select! {
+            biased;
+            out = work => out,
+            () = renew => unreachable!("renewing never ends"),
+        };
+        // On failure too: the next caller may try at once instead of waiting it out.
+        lease.release().await;
+        Ok(Some(out))
     }
 
     /// With the fetch lease: look once more, then fetch. The previous holder may have written a
     /// token and released the lease between our last read and our lease write; fetching then
     /// would be a second fetch (and in legacy mode would cut the token everyone just picked up).
-    async fn fetch_holding_lease(&self, rejected: Option<&Secret>) -> Result<Secret, TokenError> {
+    async fn fetch_holding_lease(&self, rejected: Option<&Secret>) -> Result<Got, TokenError> {
         if let Some(t) = self.shared_except(rejected).await? {
-            return Ok(t);
+            return Ok(Got::shared(t));
         }
         if let (TokenMode::Legacy, Some(failed)) = (self.mode, rejected) {
-            // Compare-and-delete, once per rejection (not once per rejected request): a token
+            // Compare-and-drop, once per rejection (not once per rejected request): a token
             // someone else already replaced stays, and if our fetch fails, nobody picks up the
             // dead one meanwhile. A stable token is not dropped: WeChat may still call it current.
             self.store.delete_token_if(&self.key, failed).await?;
         }
-        Ok(self.fetch_and_store(rejected).await?.token)
+        let (shared, ours) = self.fetch_and_store(rejected).await?;
+        Ok(Got {
+            token: shared.token,
+            origin: if ours {
+                Origin::Fetched
+            } else {
+                Origin::Shared
+            },
+        })
     }
 
     /// Asks WeChat (we hold the lease) and writes the result to the shared item. Returns the
-    /// shared token afterwards: ours, or a newer one another fetch wrote meanwhile.
-    async fn fetch_and_store(&self, rejected: Option<&Secret>) -> Result<StoredToken, TokenError> {
+    /// shared token afterwards, and whether it is the one we fetched (else a newer one another
+    /// fetch wrote meanwhile).
+    async fn fetch_and_store(
+        &self,
+        rejected: Option<&Secret>,
+    ) -> Result<(StoredToken, bool), TokenError> {
         // Stamp the token with the time the fetch started, not the time it returned: a later
         // lease holder started later, so a slow fetch that outlived its lease can never replace
-        // what that holder wrote (put_token keeps the later `fetched_at`). It is also the
+        // what that holder wrote (put_token keeps the later `fetched_at_ms`). It is also the
         // conservative base for the expiry: WeChat issued the token no earlier than this.
-        let started = crate::now_secs();
+        let started_ms = crate::now_millis();
         let fetched = match self.mode {
             TokenMode::Legacy => self
                 .wechat
@@ -307,8 +459,8 @@ impl TokenKeeper {
         };
         let ours = StoredToken {
             token: fetched.token.clone(),
-            expires_at: started + fetched.expires_in,
-            fetched_at: started,
+            expires_at: started_ms / 1000 + fetched.expires_in,
+            fetched_at_ms: started_ms,
         };
         self.store.put_token(&self.key, &ours).await?;
         tracing::info!(
@@ -328,34 +480,45 @@ impl TokenKeeper {
                     mode = self.mode.as_str(),
                     "a newer access token was stored while fetching; using that one"
                 );
-                t
+                (t, false)
             }
-            _ => ours,
+            _ => (ours, true),
         };
-        self.remember(&shared.token, shared.expires_at);
+        self.remember(&shared.0.token, shared.0.expires_at);
         Ok(shared)
     }
 
     /// Stable mode's last resort: WeChat handed back the very token it rejected. At most one
-    /// force refresh per `force_min_interval` across the fleet: the lease is taken before the
-    /// call and never released, so it runs out after the gap (WeChat allows 20 a day, 30 s apart).
+    /// force refresh per `force_min_interval` across the fleet (the gap lease is taken before the
+    /// call and never released, so it runs out after the gap), and at most `force_daily_cap` per
+    /// UTC day (a persistent 40001 must not burn WeChat's 20 a day in ten minutes). Never resent
+    /// after an ambiguous failure (see [`WeChatClient::stable_token`]).
     async fn force_refresh(&self) -> Result<FetchedToken, TokenError> {
-        let lease = format!("force#{}", self.wechat.appid());
+        let appid = self.wechat.appid();
         let gap = self.opts.force_min_interval.as_millis() as u64;
         if !self
             .store
-            .try_lease(&lease, &ids::new_request_id(), crate::now_millis(), gap)
+            .try_lease(
+                &format!("force#{appid}"),
+                &ids::new_request_id(),
+                crate::now_millis(),
+                gap,
+            )
             .await?
         {
-            tracing::error!(
-                mode = self.mode.as_str(),
-                "stable token rejected but still current, and a force refresh was already done \
-                 within the minimum gap: not forcing again"
-            );
-            return Err(TokenError::Fetch(WxError::Api {
-                errcode: 40001,
-                errmsg: "access token rejected; force refresh already done in the last 30 s".into(),
-            }));
+            return Err(self.give_up(GiveUp::ForceTooSoon));
+        }
+        let day = clock::utc_day();
+        if !self
+            .store
+            .take_quota(
+                &format!("force#{appid}#{day}"),
+                self.opts.force_daily_cap,
+                (day + 2) * 86_400,
+            )
+            .await?
+        {
+            return Err(self.give_up(GiveUp::ForceCapReached));
         }
         tracing::warn!(
             mode = self.mode.as_str(),
@@ -367,6 +530,34 @@ impl TokenKeeper {
             .map_err(|e| self.fetch_error(e))
     }
 
+    /// The keeper's own give-up, logged at most once a minute per kind (a persistent rejection
+    /// would otherwise log it on every request).
+    fn give_up(&self, why: GiveUp) -> TokenError {
+        let kind = match why {
+            GiveUp::Timeout(_) => "timeout",
+            GiveUp::ForceTooSoon => "force_too_soon",
+            GiveUp::ForceCapReached => "force_cap_reached",
+        };
+        let now = clock::now();
+        let mut logged = self
+            .give_up_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let due = logged
+            .get(kind)
+            .is_none_or(|last| now - *last >= Duration::from_secs(60));
+        if due {
+            logged.insert(kind, now);
+            tracing::error!(
+                mode = self.mode.as_str(),
+                reason = kind,
+                force_daily_cap = self.opts.force_daily_cap,
+                "no access token: {why} (logged at most once a minute)"
+            );
+        }
+        TokenError::GaveUp(why)
+    }
+
     fn fetch_error(&self, e: WxError) -> TokenError {
         log_fetch_error(self.mode, &e);
         TokenError::Fetch(e)
@@ -374,7 +565,7 @@ impl TokenKeeper {
 
     /// Handles a rejection of `failed`: a newer shared token if there is one, else a fresh fetch
     /// (by whoever holds the lease, which drops `failed` from the table if it is still there).
-    pub async fn replace_rejected(&self, failed: &Secret) -> Result<Secret, TokenError> {
+    async fn replace_rejected(&self, failed: &Secret) -> Result<Got, TokenError> {
         self.forget(failed);
         self.fetch_once(Some(failed)).await
     }
@@ -391,23 +582,20 @@ impl TokenKeeper {
         let (fetched, expires_at) = if !needs(&current) {
             (false, current.map_or(0, |t| t.expires_at))
         } else {
-            let lease = format!("fetch#{}", self.key);
-            if let Some(holder) = self.take_lease(&lease).await? {
+            let work = async {
                 // A request may have fetched between our read and our lease: in legacy mode a
                 // second fetch would only cut the token everyone just picked up.
-                let result = match self.store.get_token(&self.key).await {
-                    Ok(again) if !needs(&again) => Ok((false, again.map_or(0, |t| t.expires_at))),
-                    Ok(_) => self
-                        .fetch_and_store(None)
-                        .await
-                        .map(|t| (true, t.expires_at)),
-                    Err(e) => Err(e.into()),
-                };
-                self.release_lease(&lease, &holder).await;
-                result?
-            } else {
+                let again = self.store.get_token(&self.key).await?;
+                if !needs(&again) {
+                    return Ok((false, again.map_or(0, |t| t.expires_at)));
+                }
+                let (t, ours) = self.fetch_and_store(None).await?;
+                Ok::<_, TokenError>((ours, t.expires_at))
+            };
+            match self.under_lease(work).await? {
+                Some(done) => done?,
                 // A request is fetching right now; its result is as good as ours.
-                (false, self.token().await.map(|_| self.cached_expiry())?)
+                None => (false, self.token().await.map(|_| self.cached_expiry())?),
             }
         };
         Ok(RefreshReport {
@@ -451,7 +639,7 @@ fn log_fetch_error(mode: TokenMode, e: &WxError) {
 /// # async fn main() -> Result<(), wxmp::store::StoreError> {
 /// let store = MemoryStore::new();
 /// let now = wxmp::now_secs();
-/// let token = StoredToken { token: Secret::new("ACCESS"), expires_at: now + 7200, fetched_at: now };
+/// let token = StoredToken { token: Secret::new("ACCESS"), expires_at: now + 7200, fetched_at_ms: now * 1000 };
 /// // The keeper stores it under `<appid>#<mode>`.
 /// store.put_token("wx123#stable", &token).await?;
 ///
@@ -482,20 +670,22 @@ mod tests {
         StoredToken {
             token: Secret::new(token),
             expires_at,
-            fetched_at: expires_at.saturating_sub(7200),
+            fetched_at_ms: expires_at.saturating_sub(7200) * 1000,
         }
     }
 
     #[test]
-    fn default_lease_outlasts_a_fetch_and_runs_out_within_a_wait() {
+    fn default_waits_outlast_the_longest_fetch_and_a_dead_holders_lease() {
         let o = KeeperOptions::default();
         let retry = crate::retry::RetryPolicy::default();
-        // The last try may start just before the retry budget ends and run 200 ms or more.
-        assert!(o.lease_ttl >= retry.budget + Duration::from_secs(1));
+        // The force path: a normal call and a force call, each with its retry budget, plus the
+        // store writes; waiters must not give up on a holder that is still working.
+        assert!(o.wait_budget >= retry.budget * 2 + Duration::from_secs(1));
         // A waiter that arrived with a holder that then died: the lease runs out, and the next
         // lease try (every 5 polls) comes while the waiter still waits.
         assert!(o.lease_ttl + o.poll_interval * 5 < o.wait_budget);
         assert!(o.force_min_interval >= Duration::from_secs(30));
+        assert!(o.force_daily_cap < 20, "below WeChat's own daily limit");
     }
 
     #[tokio::test]

@@ -68,11 +68,40 @@ pub struct FetchedToken {
     pub expires_in: u64,
 }
 
-/// An image as WeChat returned it.
+/// A code image: bytes that are a PNG or a JPEG by their magic numbers, with the content type
+/// those bytes call for. Built only through [`Image::from_bytes`].
 #[derive(Debug, Clone)]
 pub struct Image {
-    pub content_type: String,
+    pub content_type: &'static str,
     pub bytes: bytes::Bytes,
+}
+
+impl Image {
+    /// The bytes as an image if they are one, else the bytes back.
+    pub fn from_bytes(bytes: bytes::Bytes) -> Result<Self, bytes::Bytes> {
+        const PNG: &[u8] = b"\x89PNG\r\n\x1a\n";
+        const JPEG: &[u8] = b"\xff\xd8\xff";
+        let content_type = if bytes.starts_with(PNG) {
+            "image/png"
+        } else if bytes.starts_with(JPEG) {
+            "image/jpeg"
+        } else {
+            return Err(bytes);
+        };
+        Ok(Image {
+            content_type,
+            bytes,
+        })
+    }
+}
+
+/// When a failed call may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// After any transient failure (busy, no connection, a lost answer): the call is idempotent.
+    WhenTransient,
+    /// Only when WeChat surely did not act on it: single-use codes, force refreshes.
+    OnlyWhenUnused,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -165,14 +194,26 @@ impl WeChatClient {
         path: &'static str,
         query: &[(&str, &str)],
         body: Option<&Value>,
+        resend: Resend,
     ) -> Result<(String, bytes::Bytes), WxError> {
-        // Login and phone codes are single use: a retry after WeChat may have taken the code
-        // would only earn "code been used" and hide the real failure.
-        let retryable = match path {
-            "/sns/jscode2session" | "/wxa/business/getuserphonenumber" => {
-                WxError::is_safe_to_resend
-            }
-            _ => WxError::is_transient,
+        crate::scope::waiting_on(
+            crate::scope::Waiting::WeChat,
+            self.call_inner(method, path, query, body, resend),
+        )
+        .await
+    }
+
+    async fn call_inner(
+        &self,
+        method: reqwest::Method,
+        path: &'static str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        resend: Resend,
+    ) -> Result<(String, bytes::Bytes), WxError> {
+        let retryable = match resend {
+            Resend::WhenTransient => WxError::is_transient,
+            Resend::OnlyWhenUnused => WxError::is_safe_to_resend,
         };
         let url = self.url(path, query);
         let body =
@@ -188,7 +229,7 @@ impl WeChatClient {
                         .body(b.clone());
                 }
                 async move {
-                    let started = std::time::Instant::now();
+                    let started = crate::clock::now();
                     let result = exchange(req).await;
                     self.meter.record(started.elapsed());
                     let result = result.and_then(|(ct, bytes)| match errcode_of(&bytes) {
@@ -214,8 +255,9 @@ impl WeChatClient {
         path: &'static str,
         query: &[(&str, &str)],
         body: Option<&Value>,
+        resend: Resend,
     ) -> Result<T, WxError> {
-        let (_, bytes) = self.call(method, path, query, body).await?;
+        let (_, bytes) = self.call(method, path, query, body, resend).await?;
         // serde's message can quote a value (a token, a session_key): keep only where it failed.
         serde_json::from_slice(&bytes).map_err(|e| {
             WxError::BadResponse(format!(
@@ -246,6 +288,9 @@ impl WeChatClient {
                     ("grant_type", "authorization_code"),
                 ],
                 None,
+                // Single use: a resend after WeChat may have taken the code would only earn
+                // "code been used" and hide the real failure.
+                Resend::OnlyWhenUnused,
             )
             .await?;
         Ok(Code2Session {
@@ -266,11 +311,16 @@ impl WeChatClient {
                 ("secret", &self.creds.secret),
             ],
             None,
+            Resend::WhenTransient,
         )
         .await
     }
 
     /// `POST /cgi-bin/stable_token`; `force` invalidates the current one (20 a day, 30 s apart).
+    ///
+    /// A force refresh is resent only when WeChat surely did not act on it (no connection, or a
+    /// busy answer): after an ambiguous failure a second force would fall inside WeChat's 30 s
+    /// and burn the daily quota, so the caller gets the error instead.
     pub async fn stable_token(&self, force: bool) -> Result<FetchedToken, WxError> {
         let body = json!({
             "grant_type": "client_credential",
@@ -283,6 +333,11 @@ impl WeChatClient {
             "/cgi-bin/stable_token",
             &[],
             Some(&body),
+            if force {
+                Resend::OnlyWhenUnused
+            } else {
+                Resend::WhenTransient
+            },
         )
         .await
     }
@@ -293,13 +348,14 @@ impl WeChatClient {
         path: &'static str,
         query: &[(&str, &str)],
         body: Option<&Value>,
+        resend: Resend,
     ) -> Result<FetchedToken, WxError> {
         #[derive(Deserialize)]
         struct Raw {
             access_token: String,
             expires_in: u64,
         }
-        let raw: Raw = self.call_json(method, path, query, body).await?;
+        let raw: Raw = self.call_json(method, path, query, body, resend).await?;
         if raw.access_token.is_empty() {
             return Err(WxError::BadResponse(format!("{path}: empty access_token")));
         }
@@ -309,7 +365,9 @@ impl WeChatClient {
         })
     }
 
-    /// `POST /wxa/getwxacodeunlimit`. A JSON errcode answer is an error whatever its content type.
+    /// `POST /wxa/getwxacodeunlimit`. A JSON errcode answer is an error whatever its content type,
+    /// and so is any body that is not a PNG or JPEG by its own bytes (a JSON error sent as
+    /// `image/*`, a BOM, an empty body): the content type WeChat sent is not trusted.
     pub async fn unlimited_qrcode(&self, token: &Secret, params: &Value) -> Result<Image, WxError> {
         let (content_type, bytes) = self
             .call(
@@ -317,17 +375,14 @@ impl WeChatClient {
                 "/wxa/getwxacodeunlimit",
                 &[("access_token", token.expose())],
                 Some(params),
+                Resend::WhenTransient,
             )
             .await?;
-        if !content_type.to_ascii_lowercase().starts_with("image/") || bytes.is_empty() {
-            return Err(WxError::BadResponse(format!(
-                "getwxacodeunlimit returned {} bytes of {content_type:?}, not an image",
+        Image::from_bytes(bytes).map_err(|bytes| {
+            WxError::BadResponse(format!(
+                "getwxacodeunlimit returned {} bytes of {content_type:?}, not a PNG or JPEG image",
                 bytes.len()
-            )));
-        }
-        Ok(Image {
-            content_type,
-            bytes,
+            ))
         })
     }
 
@@ -355,6 +410,7 @@ impl WeChatClient {
                 "/wxa/business/getuserphonenumber",
                 &[("access_token", token.expose())],
                 Some(&json!({ "code": code })),
+                Resend::OnlyWhenUnused,
             )
             .await?;
         let i = raw.phone_info;
@@ -450,5 +506,21 @@ mod tests {
             assert!(api(c).is_token_rejected());
         }
         assert!(!api(40029).is_token_rejected());
+    }
+
+    #[test]
+    fn an_image_is_known_by_its_bytes() {
+        let png = bytes::Bytes::from_static(b"\x89PNG\r\n\x1a\n....");
+        assert_eq!(Image::from_bytes(png).unwrap().content_type, "image/png");
+        let jpeg = bytes::Bytes::from_static(b"\xff\xd8\xff\xe0..JFIF");
+        assert_eq!(Image::from_bytes(jpeg).unwrap().content_type, "image/jpeg");
+        for bad in [
+            &b""[..],
+            b"{\"errmsg\":\"system error\"}",
+            b"\xef\xbb\xbf{\"errcode\":40001}",
+            b"<html>",
+        ] {
+            assert!(Image::from_bytes(bytes::Bytes::from_static(bad)).is_err());
+        }
     }
 }

@@ -400,7 +400,7 @@ async fn wrong_methods_and_unknown_routes() {
 }
 
 #[tokio::test]
-async fn wechat_always_busy_gives_up_quickly() {
+async fn wechat_always_busy_is_retried_until_the_budget_then_503() {
     let s = Suite::new().await;
     s.sandbox().set_faults(Faults {
         busy_rate: 1.0,
@@ -410,9 +410,11 @@ async fn wechat_always_busy_gives_up_quickly() {
     let r = s.login_with("frank.1").await;
     let elapsed = started.elapsed();
     assert_error(&r, 503, "wechat_unavailable", Some(-1));
-    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    // Busy answers are retried with backoff for the 6 s budget (not a fixed few tries), and
+    // the answer still comes within it.
+    assert!(elapsed < Duration::from_millis(6500), "took {elapsed:?}");
     let calls = s.jscode2session_calls();
-    assert!((2..=4).contains(&calls), "{calls} jscode2session calls");
+    assert!((6..=10).contains(&calls), "{calls} jscode2session calls");
     s.finish().await;
 }
 

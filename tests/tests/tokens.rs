@@ -6,8 +6,6 @@
 //! stampede tests.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,12 +18,11 @@ use wechat_sandbox::{Faults, Sandbox, SandboxConfig};
 use wxmp::App;
 use wxmp::config::TokenMode;
 use wxmp::error::ApiError;
-use wxmp::retry::RetryPolicy;
 use wxmp::secret::Secret;
 use wxmp::store::{
     SessionRecord, SessionStore, Store, StoreError, StoredToken, TokenStore, UserStore,
 };
-use wxmp::token::{KeeperOptions, TokenError, TokenKeeper};
+use wxmp::token::{GiveUp, KeeperOptions, TokenError, TokenKeeper};
 
 const CODE_PATH: &str = "/wxa/getwxacodeunlimit";
 const MODES: [TokenMode; 2] = [TokenMode::Stable, TokenMode::Legacy];
@@ -170,18 +167,9 @@ impl Event {
     }
 }
 
-/// An instance for the chaos test. Its WeChat client retries busy answers six times instead of
-/// four: with 10% of calls busy, four tries leave a call failing with probability ~1e-4 (four
-/// busy answers in a row), which over the ~700 calls of this test is a flaky few percent;
-/// six tries make it ~1e-6. Everything else is the production default.
+/// An instance for the chaos test: another Lambda instance with the production defaults.
 fn chaos_instance(env: &TestEnv) -> App {
-    let mut app = env.build_app();
-    app.wechat = app.wechat.clone().with_retry(RetryPolicy {
-        attempts: 6,
-        ..RetryPolicy::default()
-    });
-    app.tokens = TokenKeeper::new(app.wechat.clone(), app.store.clone(), env.token_mode);
-    app
+    env.build_app()
 }
 
 async fn chaos(mode: TokenMode) {
@@ -595,11 +583,14 @@ async fn waiters_give_up_within_their_budget_even_when_queued() {
     // THEN all time out within about one budget, not one budget after another
     let elapsed = started.elapsed();
     for r in results {
-        assert!(matches!(r, Err(TokenError::Timeout(_))), "{r:?}");
+        assert!(
+            matches!(r, Err(TokenError::GaveUp(GiveUp::Timeout(_)))),
+            "{r:?}"
+        );
     }
     assert!(elapsed < Duration::from_millis(2500), "took {elapsed:?}");
     assert_eq!(fetch_calls(&env), 0);
-    let api = ApiError::from(TokenError::Timeout(Duration::from_secs(1)));
+    let api = ApiError::from(TokenError::GaveUp(GiveUp::Timeout(Duration::from_secs(1))));
     assert_eq!(
         (api.status().as_u16(), api.code()),
         (503, "wechat_unavailable")
@@ -658,10 +649,8 @@ async fn a_slow_writer_does_not_replace_a_newer_token_nor_split_the_fleet() {
 // ---------------------------------------------------------------------------------------------
 // A warm keeper makes no DynamoDB call.
 
-type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
-
-/// A store that counts every call by method, around a real one, and can delay its token writes.
-/// (`async_trait` written out: the e2e crate does not depend on the macro.)
+/// A store that counts every call by method, around a real one, and can stall its token writes
+/// and lease renewals (an instance whose store calls hang, or that Lambda froze mid-fetch).
 struct CountingStore {
     inner: Arc<dyn Store>,
     calls: Mutex<BTreeMap<&'static str, u64>>,
@@ -682,136 +671,89 @@ impl CountingStore {
     fn take(&self) -> BTreeMap<&'static str, u64> {
         std::mem::take(&mut *self.calls.lock().unwrap())
     }
-}
-
-impl SessionStore for CountingStore {
-    fn put_session<'l0, 'l1, 'l2, 'a>(
-        &'l0 self,
-        key: &'l1 str,
-        record: &'l2 SessionRecord,
-    ) -> StoreFuture<'a, ()>
-    where
-        'l0: 'a,
-        'l1: 'a,
-        'l2: 'a,
-        Self: 'a,
-    {
-        self.hit("put_session");
-        self.inner.put_session(key, record)
-    }
-    fn get_session<'l0, 'l1, 'a>(
-        &'l0 self,
-        key: &'l1 str,
-        now: u64,
-    ) -> StoreFuture<'a, Option<SessionRecord>>
-    where
-        'l0: 'a,
-        'l1: 'a,
-        Self: 'a,
-    {
-        self.hit("get_session");
-        self.inner.get_session(key, now)
-    }
-    fn delete_session<'l0, 'l1, 'a>(&'l0 self, key: &'l1 str) -> StoreFuture<'a, ()>
-    where
-        'l0: 'a,
-        'l1: 'a,
-        Self: 'a,
-    {
-        self.hit("delete_session");
-        self.inner.delete_session(key)
-    }
-}
-
-impl UserStore for CountingStore {
-    fn record_login<'l0, 'l1, 'l2, 'a>(
-        &'l0 self,
-        openid: &'l1 str,
-        unionid: Option<&'l2 str>,
-        now: u64,
-    ) -> StoreFuture<'a, bool>
-    where
-        'l0: 'a,
-        'l1: 'a,
-        'l2: 'a,
-        Self: 'a,
-    {
-        self.hit("record_login");
-        self.inner.record_login(openid, unionid, now)
-    }
-}
-
-impl TokenStore for CountingStore {
-    fn get_token<'l0, 'l1, 'a>(&'l0 self, key: &'l1 str) -> StoreFuture<'a, Option<StoredToken>>
-    where
-        'l0: 'a,
-        'l1: 'a,
-        Self: 'a,
-    {
-        self.hit("get_token");
-        self.inner.get_token(key)
-    }
-    fn put_token<'l0, 'l1, 'l2, 'a>(
-        &'l0 self,
-        key: &'l1 str,
-        token: &'l2 StoredToken,
-    ) -> StoreFuture<'a, ()>
-    where
-        'l0: 'a,
-        'l1: 'a,
-        'l2: 'a,
-        Self: 'a,
-    {
-        self.hit("put_token");
+    async fn stall(&self) {
         let delay = *self.put_delay.lock().unwrap();
-        Box::pin(async move {
-            tokio::time::sleep(delay).await;
-            self.inner.put_token(key, token).await
-        })
+        tokio::time::sleep(delay).await;
     }
-    fn delete_token_if<'l0, 'l1, 'l2, 'a>(
-        &'l0 self,
-        key: &'l1 str,
-        token: &'l2 Secret,
-    ) -> StoreFuture<'a, bool>
-    where
-        'l0: 'a,
-        'l1: 'a,
-        'l2: 'a,
-        Self: 'a,
-    {
+}
+
+#[async_trait::async_trait]
+impl SessionStore for CountingStore {
+    async fn put_session(&self, key: &str, record: &SessionRecord) -> Result<(), StoreError> {
+        self.hit("put_session");
+        self.inner.put_session(key, record).await
+    }
+    async fn get_session(&self, key: &str, now: u64) -> Result<Option<SessionRecord>, StoreError> {
+        self.hit("get_session");
+        self.inner.get_session(key, now).await
+    }
+    async fn delete_session(&self, key: &str) -> Result<(), StoreError> {
+        self.hit("delete_session");
+        self.inner.delete_session(key).await
+    }
+}
+
+#[async_trait::async_trait]
+impl UserStore for CountingStore {
+    async fn record_login(
+        &self,
+        openid: &str,
+        unionid: Option<&str>,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        self.hit("record_login");
+        self.inner.record_login(openid, unionid, now).await
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenStore for CountingStore {
+    async fn get_token(&self, key: &str) -> Result<Option<StoredToken>, StoreError> {
+        self.hit("get_token");
+        self.inner.get_token(key).await
+    }
+    async fn put_token(&self, key: &str, token: &StoredToken) -> Result<(), StoreError> {
+        self.hit("put_token");
+        self.stall().await;
+        self.inner.put_token(key, token).await
+    }
+    async fn delete_token_if(&self, key: &str, token: &Secret) -> Result<bool, StoreError> {
         self.hit("delete_token_if");
-        self.inner.delete_token_if(key, token)
+        self.inner.delete_token_if(key, token).await
     }
-    fn try_lease<'l0, 'l1, 'l2, 'a>(
-        &'l0 self,
-        name: &'l1 str,
-        holder: &'l2 str,
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
         now_ms: u64,
         ttl_ms: u64,
-    ) -> StoreFuture<'a, bool>
-    where
-        'l0: 'a,
-        'l1: 'a,
-        'l2: 'a,
-        Self: 'a,
-    {
+    ) -> Result<bool, StoreError> {
         self.hit("try_lease");
-        self.inner.try_lease(name, holder, now_ms, ttl_ms)
+        self.inner.try_lease(name, holder, now_ms, ttl_ms).await
     }
-    fn release_lease<'l0, 'l1, 'l2, 'a>(
-        &'l0 self,
-        name: &'l1 str,
-        holder: &'l2 str,
-    ) -> StoreFuture<'a, ()>
-    where
-        'l0: 'a,
-        'l1: 'a,
-        'l2: 'a,
-        Self: 'a,
-    {
+    async fn renew_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<bool, StoreError> {
+        self.hit("renew_lease");
+        self.stall().await;
+        self.inner.renew_lease(name, holder, now_ms, ttl_ms).await
+    }
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         self.hit("release_lease");
-        self.inner.release_lease(name, holder)
+        self.inner.release_lease(name, holder).await
+    }
+    async fn take_quota(
+        &self,
+        name: &str,
+        limit: u32,
+        expires_at: u64,
+    ) -> Result<bool, StoreError> {
+        self.hit("take_quota");
+        self.inner.take_quota(name, limit, expires_at).await
     }
 }
 

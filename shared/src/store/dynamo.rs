@@ -1,8 +1,11 @@
 //! The DynamoDB store. Item layout (partition key `pk`):
 //! - `session#<sha256 of token>`: openid, unionid?, session_key, created_at, expires_at (TTL)
 //! - `user#<openid>`: first_seen, last_login, unionid?
-//! - `token#<appid>#<mode>`: access_token, expires_at (TTL), fetched_at
+//! - `token#<appid>#<mode>`: access_token, expires_at (TTL), fetched_at_ms
 //! - `lease#<name>`: holder, until_ms, expires_at (TTL)
+//! - `quota#<name>`: used, expires_at (TTL)
+//!
+//! Every request is marked as a wait on the store (see [`crate::scope`]).
 
 use std::collections::HashMap;
 
@@ -40,11 +43,20 @@ impl DynamoStore {
             .key("pk", s(pk))
             .consistent_read(true)
             .send()
+            .in_store()
             .await
             .map_err(err)?;
         Ok(out.item)
     }
 }
+
+/// Marks a DynamoDB request as a wait on the store.
+trait InStore: std::future::Future + Sized {
+    fn in_store(self) -> impl std::future::Future<Output = Self::Output> {
+        crate::scope::waiting_on(crate::scope::Waiting::Store, self)
+    }
+}
+impl<F: std::future::Future> InStore for F {}
 
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
@@ -105,7 +117,7 @@ impl SessionStore for DynamoStore {
         if let Some(u) = &r.unionid {
             req = req.item("unionid", s(u));
         }
-        req.send().await.map_err(err)?;
+        req.send().in_store().await.map_err(err)?;
         Ok(())
     }
 
@@ -132,6 +144,7 @@ impl SessionStore for DynamoStore {
             .table_name(&self.table)
             .key("pk", s(session_pk(key)))
             .send()
+            .in_store()
             .await
             .map_err(err)?;
         Ok(())
@@ -159,7 +172,12 @@ impl UserStore for DynamoStore {
             expr.push_str(", unionid = :u");
             req = req.expression_attribute_values(":u", s(u));
         }
-        let out = req.update_expression(expr).send().await.map_err(err)?;
+        let out = req
+            .update_expression(expr)
+            .send()
+            .in_store()
+            .await
+            .map_err(err)?;
         Ok(out.attributes.is_none_or(|a| !a.contains_key("first_seen")))
     }
 }
@@ -174,7 +192,7 @@ impl TokenStore for DynamoStore {
             Some(StoredToken {
                 token: Secret::new(get_s(&item, "access_token")?),
                 expires_at: get_n(&item, "expires_at")?,
-                fetched_at: get_n(&item, "fetched_at")?,
+                fetched_at_ms: get_n(&item, "fetched_at_ms")?,
             })
         })())
     }
@@ -187,11 +205,13 @@ impl TokenStore for DynamoStore {
             .item("pk", s(token_pk(key)))
             .item("access_token", s(t.token.expose()))
             .item("expires_at", n(t.expires_at))
-            .item("fetched_at", n(t.fetched_at))
-            .condition_expression("attribute_not_exists(pk) OR fetched_at <= :f")
-            .expression_attribute_values(":f", n(t.fetched_at))
-            .send()
-            .await;
+            .item("fetched_at_ms", n(t.fetched_at_ms))
+            // An item without fetched_at_ms (written by an older version) is always replaced.
+            .condition_expression(
+                "attribute_not_exists(pk) OR attribute_not_exists(fetched_at_ms) OR fetched_at_ms <= :f",
+            )
+            .expression_attribute_values(":f", n(t.fetched_at_ms))
+            .send().in_store().await;
         conditional(r).map(|_| ())
     }
 
@@ -208,6 +228,7 @@ impl TokenStore for DynamoStore {
             .expression_attribute_values(":t", s(token.expose()))
             .expression_attribute_values(":now", n(crate::now_secs()))
             .send()
+            .in_store()
             .await;
         conditional(r)
     }
@@ -231,6 +252,53 @@ impl TokenStore for DynamoStore {
             .condition_expression("attribute_not_exists(pk) OR until_ms <= :now")
             .expression_attribute_values(":now", n(now_ms))
             .send()
+            .in_store()
+            .await;
+        conditional(r)
+    }
+
+    async fn renew_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let until = now_ms + ttl_ms;
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(lease_pk(name)))
+            .update_expression("SET until_ms = :until, expires_at = :exp")
+            .condition_expression("holder = :h")
+            .expression_attribute_values(":h", s(holder))
+            .expression_attribute_values(":until", n(until))
+            .expression_attribute_values(":exp", n(until / 1000 + 1))
+            .send()
+            .in_store()
+            .await;
+        conditional(r)
+    }
+
+    async fn take_quota(
+        &self,
+        name: &str,
+        limit: u32,
+        expires_at: u64,
+    ) -> Result<bool, StoreError> {
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(quota_pk(name)))
+            .update_expression("ADD used :one SET expires_at = :exp")
+            .condition_expression("attribute_not_exists(used) OR used < :limit")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":limit", n(u64::from(limit)))
+            .expression_attribute_values(":exp", n(expires_at))
+            .send()
+            .in_store()
             .await;
         conditional(r)
     }
@@ -247,6 +315,7 @@ impl TokenStore for DynamoStore {
             .expression_attribute_values(":h", s(holder))
             .expression_attribute_values(":zero", n(0))
             .send()
+            .in_store()
             .await;
         conditional(r).map(|_| ())
     }
@@ -259,6 +328,7 @@ pub async fn ensure_table(client: &Client, table: &str) -> Result<(), StoreError
         .describe_table()
         .table_name(table)
         .send()
+        .in_store()
         .await
         .is_ok()
     {
@@ -283,6 +353,7 @@ pub async fn ensure_table(client: &Client, table: &str) -> Result<(), StoreError
                 .map_err(err)?,
         )
         .send()
+        .in_store()
         .await;
     if let Err(e) = created {
         let in_use = e
@@ -297,6 +368,7 @@ pub async fn ensure_table(client: &Client, table: &str) -> Result<(), StoreError
             .describe_table()
             .table_name(table)
             .send()
+            .in_store()
             .await
             .map_err(err)?;
         let active = d
@@ -319,6 +391,7 @@ pub async fn ensure_table(client: &Client, table: &str) -> Result<(), StoreError
                 .map_err(err)?,
         )
         .send()
+        .in_store()
         .await
         .map_err(err)?;
     Ok(())

@@ -19,6 +19,7 @@ struct Inner {
     users: HashMap<String, (u64, u64)>,
     tokens: HashMap<String, StoredToken>,
     leases: HashMap<String, (String, u64)>,
+    quotas: HashMap<String, (u32, u64)>,
 }
 
 impl MemoryStore {
@@ -84,7 +85,7 @@ impl TokenStore for MemoryStore {
     async fn put_token(&self, key: &str, token: &StoredToken) -> Result<(), StoreError> {
         let mut g = self.lock();
         match g.tokens.get(key) {
-            Some(existing) if existing.fetched_at > token.fetched_at => {}
+            Some(existing) if existing.fetched_at_ms > token.fetched_at_ms => {}
             _ => {
                 g.tokens.insert(key.to_string(), token.clone());
             }
@@ -117,11 +118,46 @@ impl TokenStore for MemoryStore {
         Ok(true)
     }
 
+    async fn renew_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        match g.leases.get_mut(name) {
+            Some((h, until)) if h == holder => {
+                *until = now_ms + ttl_ms;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         let mut g = self.lock();
         if g.leases.get(name).is_some_and(|(h, _)| h == holder) {
             g.leases.remove(name);
         }
         Ok(())
+    }
+
+    async fn take_quota(
+        &self,
+        name: &str,
+        limit: u32,
+        expires_at: u64,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        let now = crate::now_secs();
+        g.quotas.retain(|_, (_, exp)| *exp > now);
+        let (count, exp) = g.quotas.entry(name.to_string()).or_insert((0, expires_at));
+        if *count >= limit {
+            return Ok(false);
+        }
+        *count += 1;
+        *exp = expires_at;
+        Ok(true)
     }
 }

@@ -56,7 +56,9 @@ pub struct StoredToken {
     pub token: Secret,
     /// Epoch seconds at which WeChat stops accepting it.
     pub expires_at: u64,
-    pub fetched_at: u64,
+    /// Epoch milliseconds at which the fetch that got it started: of two fetches, the one that
+    /// started later wins, even within one second.
+    pub fetched_at_ms: u64,
 }
 
 #[async_trait]
@@ -76,8 +78,21 @@ pub trait TokenStore: Send + Sync {
         now_ms: u64,
         ttl_ms: u64,
     ) -> Result<bool, StoreError>;
+    /// Extends the lease to `now_ms + ttl_ms` if `holder` still has it; true if it did.
+    async fn renew_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<bool, StoreError>;
     /// Gives the lease back if `holder` still has it.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+    /// Counts one use of the quota `name` if fewer than `limit` were counted; true if counted.
+    /// Conditional write: across all instances the count never passes `limit`. The counter is
+    /// forgotten after `expires_at` (epoch seconds): name a per-day quota after its day.
+    async fn take_quota(&self, name: &str, limit: u32, expires_at: u64)
+    -> Result<bool, StoreError>;
 }
 
 /// Everything the functions keep, in one object (both implementations provide all of it).
@@ -95,4 +110,7 @@ pub(crate) fn token_pk(key: &str) -> String {
 }
 pub(crate) fn lease_pk(name: &str) -> String {
     format!("lease#{name}")
+}
+pub(crate) fn quota_pk(name: &str) -> String {
+    format!("quota#{name}")
 }

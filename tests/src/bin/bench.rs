@@ -121,8 +121,22 @@ impl TokenStore for Metered {
         self.timed(true, self.inner.try_lease(name, h, now, ttl))
             .await
     }
+    async fn renew_lease(
+        &self,
+        name: &str,
+        h: &str,
+        now: u64,
+        ttl: u64,
+    ) -> Result<bool, StoreError> {
+        self.timed(true, self.inner.renew_lease(name, h, now, ttl))
+            .await
+    }
     async fn release_lease(&self, name: &str, h: &str) -> Result<(), StoreError> {
         self.timed(true, self.inner.release_lease(name, h)).await
+    }
+    async fn take_quota(&self, name: &str, limit: u32, exp: u64) -> Result<bool, StoreError> {
+        self.timed(true, self.inner.take_quota(name, limit, exp))
+            .await
     }
 }
 

@@ -1,0 +1,189 @@
+//! One suite of store semantics, run against both stores: the embedded `MemoryStore` (what the
+//! local server and the two-week soak run on) and `DynamoStore` on moto's DynamoDB. The keeper's
+//! guarantees rest on these: conditional leases, a token write that never lets an older fetch
+//! win, compare-and-drop, a quota that never passes its limit, sessions that expire on read.
+
+use std::sync::Arc;
+
+use e2e::moto;
+use tokio::task::JoinSet;
+use wxmp::secret::Secret;
+use wxmp::store::{DynamoStore, MemoryStore, SessionRecord, Store, StoredToken};
+
+async fn dynamo() -> Arc<dyn Store> {
+    let sdk = moto::sdk_config(&moto::endpoint().await).await;
+    let client = moto::dynamodb_client(&sdk);
+    let table = moto::unique_name("suite");
+    wxmp::store::ensure_table(&client, &table)
+        .await
+        .expect("table created");
+    Arc::new(DynamoStore::new(client, table))
+}
+
+fn memory() -> Arc<dyn Store> {
+    Arc::new(MemoryStore::new())
+}
+
+fn token(t: &str, expires_at: u64, fetched_at_ms: u64) -> StoredToken {
+    StoredToken {
+        token: Secret::new(t),
+        expires_at,
+        fetched_at_ms,
+    }
+}
+
+async fn leases(store: Arc<dyn Store>) {
+    let now = 1_000_000u64;
+    // Exclusive while it lasts; anyone may take it once it has run out.
+    assert!(store.try_lease("l", "a", now, 1000).await.unwrap());
+    assert!(!store.try_lease("l", "b", now + 999, 1000).await.unwrap());
+    // Only the holder renews it; a renewal moves its end.
+    assert!(!store.renew_lease("l", "b", now + 500, 1000).await.unwrap());
+    assert!(store.renew_lease("l", "a", now + 500, 1000).await.unwrap());
+    assert!(!store.try_lease("l", "b", now + 1200, 1000).await.unwrap());
+    assert!(store.try_lease("l", "b", now + 1500, 1000).await.unwrap());
+    // The old holder can neither renew nor release what it lost.
+    assert!(!store.renew_lease("l", "a", now + 1600, 1000).await.unwrap());
+    store.release_lease("l", "a").await.unwrap();
+    assert!(!store.try_lease("l", "c", now + 1700, 1000).await.unwrap());
+    // The holder's release ends it at once.
+    store.release_lease("l", "b").await.unwrap();
+    assert!(store.try_lease("l", "c", now + 1700, 1000).await.unwrap());
+    // Leases are independent of each other.
+    assert!(
+        store
+            .try_lease("other", "d", now + 1700, 1000)
+            .await
+            .unwrap()
+    );
+
+    // Concurrent takers: exactly one wins.
+    let mut set = JoinSet::new();
+    for i in 0..20 {
+        let store = store.clone();
+        set.spawn(async move {
+            store
+                .try_lease("race", &format!("h{i}"), now, 5000)
+                .await
+                .unwrap()
+        });
+    }
+    let winners = set.join_all().await.into_iter().filter(|w| *w).count();
+    assert_eq!(winners, 1);
+}
+
+async fn tokens(store: Arc<dyn Store>) {
+    assert_eq!(store.get_token("k").await.unwrap(), None);
+    store
+        .put_token("k", &token("A", 9000, 1_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_token("k").await.unwrap(),
+        Some(token("A", 9000, 1_000))
+    );
+    // A fetch that started later replaces it, even within the same second...
+    store
+        .put_token("k", &token("B", 9000, 1_400))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_token("k").await.unwrap().unwrap().token,
+        Secret::new("B")
+    );
+    // ...and one that started earlier (a slow writer) never does.
+    store
+        .put_token("k", &token("C", 9999, 1_300))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_token("k").await.unwrap().unwrap().token,
+        Secret::new("B")
+    );
+
+    // Compare-and-drop: only while the stored token is the failing one.
+    assert!(!store.delete_token_if("k", &Secret::new("A")).await.unwrap());
+    assert_eq!(
+        store.get_token("k").await.unwrap().unwrap().token,
+        Secret::new("B")
+    );
+    assert!(store.delete_token_if("k", &Secret::new("B")).await.unwrap());
+    let now = wxmp::now_secs();
+    let after = store.get_token("k").await.unwrap();
+    assert!(
+        after.as_ref().is_none_or(|t| t.expires_at <= now),
+        "a dropped token is gone or expired: {after:?}"
+    );
+    // The next fetch writes over what was dropped.
+    store
+        .put_token("k", &token("D", 9000, 2_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_token("k").await.unwrap().unwrap().token,
+        Secret::new("D")
+    );
+    // Keys are independent.
+    assert_eq!(store.get_token("k2").await.unwrap(), None);
+}
+
+async fn quotas(store: Arc<dyn Store>) {
+    let exp = wxmp::now_secs() + 86_400;
+    for _ in 0..3 {
+        assert!(store.take_quota("q", 3, exp).await.unwrap());
+    }
+    assert!(!store.take_quota("q", 3, exp).await.unwrap());
+    assert!(store.take_quota("q-next-day", 3, exp).await.unwrap());
+
+    // Concurrent takers never pass the limit.
+    let mut set = JoinSet::new();
+    for _ in 0..25 {
+        let store = store.clone();
+        set.spawn(async move { store.take_quota("race", 10, exp).await.unwrap() });
+    }
+    let taken = set.join_all().await.into_iter().filter(|t| *t).count();
+    assert_eq!(taken, 10);
+}
+
+async fn sessions(store: Arc<dyn Store>) {
+    let record = SessionRecord {
+        openid: "o1".into(),
+        unionid: Some("u1".into()),
+        session_key: Secret::new("sk"),
+        created_at: 1000,
+        expires_at: 2000,
+    };
+    store.put_session("h1", &record).await.unwrap();
+    assert_eq!(
+        store.get_session("h1", 1999).await.unwrap(),
+        Some(record.clone())
+    );
+    // Expired on read, whether or not the item is still there.
+    assert_eq!(store.get_session("h1", 2000).await.unwrap(), None);
+    assert_eq!(store.get_session("nope", 1500).await.unwrap(), None);
+    store.delete_session("h1").await.unwrap();
+    assert_eq!(store.get_session("h1", 1500).await.unwrap(), None);
+    // Deleting a missing session is not an error.
+    store.delete_session("h1").await.unwrap();
+
+    // First login of a user, then a returning one.
+    assert!(store.record_login("o1", None, 1000).await.unwrap());
+    assert!(!store.record_login("o1", Some("u1"), 1100).await.unwrap());
+}
+
+async fn suite(store: Arc<dyn Store>) {
+    leases(store.clone()).await;
+    tokens(store.clone()).await;
+    quotas(store.clone()).await;
+    sessions(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_keeps_the_contract() {
+    suite(memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dynamodb_store_keeps_the_contract() {
+    suite(dynamo().await).await;
+}
