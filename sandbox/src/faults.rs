@@ -1,9 +1,10 @@
-//! Injected failures: scripted errors, a deterministic busy rate, and latency.
+//! Injected failures: scripted errors, a deterministic busy rate, latency, bogus images in
+//! place of codes, and answers lost on the way back.
 
 use std::time::Duration;
 
-use crate::Faults;
 use crate::error::{self, WxError};
+use crate::{BogusImage, Faults};
 
 #[derive(Debug, Default)]
 pub(crate) struct FaultGate {
@@ -30,10 +31,11 @@ impl FaultGate {
     /// Decides whether a counted call to `path` fails before reaching its logic.
     pub(crate) fn admit(&mut self, path: &str) -> Result<(), WxError> {
         self.calls += 1;
-        if let Some(script) =
-            self.faults.scripted.iter_mut().find(|s| {
-                s.count > 0 && s.path.trim_start_matches('/') == path.trim_start_matches('/')
-            })
+        if let Some(script) = self
+            .faults
+            .scripted
+            .iter_mut()
+            .find(|s| s.count > 0 && same_path(&s.path, path))
         {
             script.count -= 1;
             return Err(WxError::scripted(script.errcode));
@@ -43,6 +45,36 @@ impl FaultGate {
         }
         Ok(())
     }
+
+    /// For a getwxacodeunlimit call that succeeded: the bogus answer to send instead of the
+    /// image, while its count lasts.
+    pub(crate) fn take_bogus_image(&mut self) -> Option<BogusImage> {
+        let bogus = self.faults.bogus_image.as_mut().filter(|b| b.count > 0)?;
+        bogus.count -= 1;
+        Some(bogus.clone())
+    }
+
+    /// After a call to `path` (a force refresh if `force`) has been carried out: whether its
+    /// answer is lost on the way back.
+    pub(crate) fn take_lost_answer(&mut self, path: &str, force: bool) -> bool {
+        let lost = self
+            .faults
+            .lost_answers
+            .iter_mut()
+            .find(|l| l.count > 0 && same_path(&l.path, path) && (force || !l.only_force));
+        match lost {
+            Some(lost) => {
+                lost.count -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Paths match with or without their leading '/'.
+fn same_path(configured: &str, path: &str) -> bool {
+    configured.trim_start_matches('/') == path.trim_start_matches('/')
 }
 
 /// Call `k` (1-based) is busy iff floor(k·rate) > floor((k−1)·rate): exactly `rate` of the
@@ -59,7 +91,7 @@ fn is_busy(k: u64, rate: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ScriptedError;
+    use crate::{LostAnswer, ScriptedError};
 
     fn pattern(rate: f64, n: u64) -> Vec<u64> {
         (1..=n).filter(|k| is_busy(*k, rate)).collect()
@@ -91,5 +123,60 @@ mod tests {
         assert_eq!(gate.admit("/sns/jscode2session"), Err(error::SYSTEM_BUSY));
         assert_eq!(gate.admit("/cgi-bin/token").unwrap_err().code, 45009);
         assert_eq!(gate.admit("/cgi-bin/token"), Err(error::SYSTEM_BUSY));
+    }
+
+    #[test]
+    fn bogus_images_run_out() {
+        let mut gate = FaultGate::default();
+        assert!(gate.take_bogus_image().is_none());
+        gate.set(Faults {
+            bogus_image: Some(BogusImage {
+                content_type: "image/jpeg".into(),
+                body: "{}".into(),
+                count: 2,
+            }),
+            ..Faults::default()
+        });
+        for left in [1, 0] {
+            let bogus = gate.take_bogus_image().unwrap();
+            assert_eq!(
+                (bogus.content_type.as_str(), bogus.body.as_str()),
+                ("image/jpeg", "{}")
+            );
+            assert_eq!(gate.faults().bogus_image.as_ref().unwrap().count, left);
+        }
+        assert!(gate.take_bogus_image().is_none());
+    }
+
+    #[test]
+    fn lost_answers_are_per_path_and_run_out() {
+        let mut gate = FaultGate::default();
+        gate.set(Faults {
+            lost_answers: vec![
+                LostAnswer {
+                    only_force: false,
+                    path: "cgi-bin/stable_token".into(),
+                    count: 1,
+                },
+                LostAnswer {
+                    only_force: false,
+                    path: "/sns/jscode2session".into(),
+                    count: 2,
+                },
+            ],
+            ..Faults::default()
+        });
+        assert!(!gate.take_lost_answer("/cgi-bin/token", false));
+        gate.faults.lost_answers[0].only_force = true;
+        assert!(
+            !gate.take_lost_answer("/cgi-bin/stable_token", false),
+            "only a force refresh loses its answer"
+        );
+        gate.faults.lost_answers[0].only_force = false;
+        assert!(gate.take_lost_answer("/cgi-bin/stable_token", false));
+        assert!(!gate.take_lost_answer("/cgi-bin/stable_token", false));
+        assert!(gate.take_lost_answer("/sns/jscode2session", false));
+        assert!(gate.take_lost_answer("/sns/jscode2session", false));
+        assert!(!gate.take_lost_answer("/sns/jscode2session", false));
     }
 }

@@ -3,7 +3,14 @@
 //! The picture is not a scannable code. It is a deterministic 1-bit PNG that looks like a QR
 //! code (finder squares, timing lines, noisy modules) and whose every byte depends on every
 //! parameter, so a test can tell which request made which image.
+//!
+//! Drawing takes milliseconds (more in a debug build), so the last [`CACHE_SIZE`] distinct
+//! parameter sets and their images are remembered, process-wide.
 
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use axum::body::Bytes;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -164,8 +171,64 @@ const GRID: usize = 37;
 /// Finder square side, plus one module of light separator.
 const FINDER: usize = 7;
 
-/// Draws the code for already validated parameters. Same parameters, same bytes.
+/// How many distinct parameter sets the render cache remembers.
+const CACHE_SIZE: usize = 64;
+
+static CACHE: Mutex<RenderCache> = Mutex::new(RenderCache::new(CACHE_SIZE));
+
+/// Recent renders, most recently used first; the least recently used one goes when full.
+struct RenderCache {
+    capacity: usize,
+    entries: VecDeque<(CodeParams, Bytes)>,
+}
+
+impl RenderCache {
+    const fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            entries: VecDeque::new(),
+        }
+    }
+
+    fn get(&mut self, p: &CodeParams) -> Option<Bytes> {
+        let i = self.entries.iter().position(|(key, _)| key == p)?;
+        let entry = self.entries.remove(i)?;
+        let png = entry.1.clone();
+        self.entries.push_front(entry);
+        Some(png)
+    }
+
+    fn insert(&mut self, p: CodeParams, png: Bytes) {
+        if self.entries.iter().any(|(key, _)| *key == p) {
+            return; // Rendered meanwhile by another caller: same bytes.
+        }
+        self.entries.push_front((p, png));
+        self.entries.truncate(self.capacity);
+    }
+}
+
+fn cache() -> MutexGuard<'static, RenderCache> {
+    CACHE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The code's PNG, from the cache or freshly drawn (outside the cache lock).
+pub(crate) fn code_png(p: &CodeParams) -> Bytes {
+    if let Some(png) = cache().get(p) {
+        return png;
+    }
+    let png = Bytes::from(draw_code(p));
+    cache().insert(p.clone(), png.clone());
+    png
+}
+
+/// Draws the code for already validated parameters. Same parameters, same bytes; the last 64
+/// distinct parameter sets are remembered, so repeating one costs a copy, not a render.
 pub fn render_code(p: &CodeParams) -> Vec<u8> {
+    code_png(p).to_vec()
+}
+
+/// Draws the code, without the cache.
+fn draw_code(p: &CodeParams) -> Vec<u8> {
     let canonical = p.canonical();
     let modules = module_grid(&canonical);
 
@@ -395,6 +458,44 @@ mod tests {
         for v in &variants {
             assert_ne!(render_code(v), base, "{v:?}");
         }
+    }
+
+    #[test]
+    fn repeated_renders_come_from_the_cache() {
+        let p = CodeParams::defaults("cache-test-only");
+        let first = code_png(&p);
+        let second = code_png(&p);
+        assert_eq!(
+            first.as_ptr(),
+            second.as_ptr(),
+            "the same buffer, not a new render"
+        );
+        assert_eq!(first, draw_code(&p));
+        assert_eq!(render_code(&p), draw_code(&p));
+    }
+
+    #[test]
+    fn render_cache_keeps_the_most_recently_used() {
+        let mut cache = RenderCache::new(2);
+        let (a, b, c) = (
+            params(),
+            CodeParams::defaults("b"),
+            CodeParams::defaults("c"),
+        );
+        cache.insert(a.clone(), Bytes::from_static(b"a"));
+        cache.insert(b.clone(), Bytes::from_static(b"b"));
+        assert_eq!(cache.get(&a).as_deref(), Some(&b"a"[..]));
+        cache.insert(c.clone(), Bytes::from_static(b"c"));
+        assert_eq!(cache.entries.len(), 2);
+        assert!(cache.get(&b).is_none(), "least recently used goes");
+        assert_eq!(cache.get(&a).as_deref(), Some(&b"a"[..]));
+        assert_eq!(cache.get(&c).as_deref(), Some(&b"c"[..]));
+        cache.insert(c.clone(), Bytes::from_static(b"other"));
+        assert_eq!(
+            cache.get(&c).as_deref(),
+            Some(&b"c"[..]),
+            "first render kept"
+        );
     }
 
     #[test]

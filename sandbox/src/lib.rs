@@ -8,7 +8,16 @@
 //! Behaviour is deterministic; randomness only goes into token, code and session-key values.
 //!
 //! A test drives it through [`Sandbox`]'s methods or the `/_sandbox/*` HTTP paths: mint codes,
-//! inject faults, play a third party refreshing tokens, move the clock on, read call counts.
+//! inject [`Faults`] (busy rate, latency, [`ScriptedError`]s, a [`BogusImage`] in place of a
+//! code, [`LostAnswer`]s), play a third party refreshing tokens, move the clock on, read call
+//! counts.
+//!
+//! The sandbox's clock is tokio's (see [`Sandbox::advance_time`]): under a paused runtime
+//! (`#[tokio::test(start_paused = true)]`, `tokio::time::advance`) token and code lifetimes,
+//! the force-refresh day and watermark timestamps follow the test's virtual time.
+//!
+//! [`render_code`] is memoised for the last few distinct parameter sets, so thousands of codes
+//! with the same parameters cost one render.
 
 mod admin;
 mod codes;
@@ -47,7 +56,8 @@ pub struct SandboxConfig {
     pub stable_renew_window_secs: u64,
     /// A force refresh this soon after the previous one is not performed.
     pub force_min_interval_secs: u64,
-    /// Force refreshes allowed (over the sandbox's lifetime); beyond it, 45009.
+    /// Force refreshes allowed per UTC day of the sandbox clock (the count starts again when
+    /// `epoch_secs / 86400` changes, as WeChat's "20 a day"); beyond it, 45009.
     pub force_daily_limit: u32,
     /// After a force refresh, how long older stable tokens stay valid.
     pub force_grace_secs: u64,
@@ -91,6 +101,12 @@ pub struct Faults {
     pub scripted: Vec<ScriptedError>,
     /// Replaces the appid in getuserphonenumber's watermark.
     pub watermark_appid: Option<String>,
+    /// getwxacodeunlimit calls that would have answered an image answer this instead, while
+    /// its count lasts.
+    pub bogus_image: Option<BogusImage>,
+    /// Checked last: a call to `path` is carried out in full, then answered HTTP 502, while
+    /// its count lasts.
+    pub lost_answers: Vec<LostAnswer>,
 }
 
 /// `count` calls to `path` (e.g. "/cgi-bin/token") answer `errcode` with errmsg "scripted".
@@ -99,6 +115,31 @@ pub struct ScriptedError {
     pub path: String,
     pub errcode: i64,
     pub count: u32,
+}
+
+/// The next `count` getwxacodeunlimit calls that would have succeeded (token and parameters
+/// valid) answer HTTP 200 with `content_type` and `body` instead of the PNG: say `image/jpeg`
+/// over `{"errmsg":"system error"}`, a body starting with a UTF-8 BOM, or an empty body. An
+/// empty `content_type` (or one that is not a valid header value) sends no Content-Type.
+/// Calls that fail (scripted, busy, bad token or parameters) do not use up the count.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct BogusImage {
+    pub content_type: String,
+    pub body: String,
+    pub count: u32,
+}
+
+/// The next `count` calls to `path` (e.g. "/cgi-bin/stable_token") are carried out in full (a
+/// token issued, a force refresh done and counted, a code redeemed, a scripted or busy error
+/// answered, a [`BogusImage`] used up) and then answered HTTP 502 with a small `text/html`
+/// body instead, as by a gateway that lost WeChat's answer. With `only_force`, only
+/// `/cgi-bin/stable_token` calls with `force_refresh: true` count (and lose their answer).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct LostAnswer {
+    pub path: String,
+    pub count: u32,
+    #[serde(default)]
+    pub only_force: bool,
 }
 
 /// The phone a phone code stands for.
@@ -199,7 +240,8 @@ impl Sandbox {
         self.state().faults.set(faults);
     }
 
-    /// The faults in force, with scripted counts as far as they have run down.
+    /// The faults in force, with scripted, bogus-image and lost-answer counts as far as they
+    /// have run down.
     pub fn faults(&self) -> Faults {
         self.state().faults.faults().clone()
     }
@@ -216,8 +258,7 @@ impl Sandbox {
     /// Someone else force-refreshes the stable token, subject to the force rules.
     pub fn third_party_force_stable(&self) {
         let mut st = self.state();
-        let now = st.now();
-        if let Ok(grant) = st.tokens.stable(now, true) {
+        if let Ok(grant) = st.stable_token(true) {
             st.record_grant(&grant, false);
         }
     }
@@ -228,6 +269,9 @@ impl Sandbox {
     }
 
     /// Moves the sandbox clock forward: tokens and codes age, watermarks move on.
+    ///
+    /// The clock also runs on its own, on tokio's clock: under a paused runtime
+    /// `tokio::time::advance` moves it the same way (create the sandbox in that runtime).
     pub fn advance_time(&self, by: Duration) {
         self.state().clock.advance(by);
     }

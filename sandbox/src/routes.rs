@@ -1,10 +1,11 @@
 //! The WeChat paths. Each call goes through the same steps: latency, counting, scripted
-//! error, busy rate, then the path's own logic.
+//! error, busy rate, then the path's own logic; a code that would be answered may be swapped
+//! for a bogus image, and last of all the answer may be lost (HTTP 502).
 
 use std::collections::HashMap;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -13,9 +14,9 @@ use serde_json::{Value, json};
 
 use crate::codes::{openid, unionid};
 use crate::error::{self, JSON_CT, TEXT_CT, WxError};
-use crate::image::{CodeParams, render_code};
+use crate::image::{CodeParams, code_png};
 use crate::state::State as SandboxState;
-use crate::{Sandbox, SandboxConfig};
+use crate::{BogusImage, Sandbox, SandboxConfig};
 
 pub(crate) const JSCODE2SESSION: &str = "/sns/jscode2session";
 pub(crate) const TOKEN: &str = "/cgi-bin/token";
@@ -52,6 +53,13 @@ enum Reply {
     Code(CodeParams),
 }
 
+/// What a call answers, decided under the state lock.
+enum Answer {
+    Reply(Reply),
+    Bogus(BogusImage),
+    Error(WxError, String),
+}
+
 /// Runs one WeChat call through the common steps. Errors use `error_ct` as content type.
 async fn serve_call<F>(
     sb: &Sandbox,
@@ -62,38 +70,91 @@ async fn serve_call<F>(
 where
     F: FnOnce(&SandboxConfig, &mut SandboxState) -> Result<Reply, WxError>,
 {
+    serve_call_as(sb, path, error_ct, false, logic).await
+}
+
+/// [`serve_call`] for a call that is a force refresh if `force` (for `LostAnswer::only_force`).
+async fn serve_call_as<F>(
+    sb: &Sandbox,
+    path: &'static str,
+    error_ct: &'static str,
+    force: bool,
+    logic: F,
+) -> Response
+where
+    F: FnOnce(&SandboxConfig, &mut SandboxState) -> Result<Reply, WxError>,
+{
     let latency = sb.state().faults.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let outcome = {
+    let (answer, lost) = {
         let mut st = sb.state();
         st.count_call(path);
         let result = st
             .faults
             .admit(path)
             .and_then(|()| logic(sb.config(), &mut st));
-        result.map_err(|e| (e, st.next_rid()))
+        let answer = match result {
+            Ok(Reply::Code(params)) => match st.faults.take_bogus_image() {
+                Some(bogus) => Answer::Bogus(bogus),
+                None => Answer::Reply(Reply::Code(params)),
+            },
+            Ok(reply) => Answer::Reply(reply),
+            Err(e) => Answer::Error(e, st.next_rid()),
+        };
+        (answer, st.faults.take_lost_answer(path, force))
     };
-    match outcome {
-        Ok(Reply::Json(body, content_type)) => {
+    if lost {
+        tracing::info!(path, "answer lost on the way back (502)");
+        return lost_answer();
+    }
+    match answer {
+        Answer::Reply(Reply::Json(body, content_type)) => {
             tracing::info!(path, errcode = 0, "answered");
             with_content_type(content_type, body.to_string())
         }
-        Ok(Reply::Code(params)) => {
+        Answer::Reply(Reply::Code(params)) => {
             tracing::info!(
                 path,
                 errcode = 0,
                 width = params.width,
                 "answered with an image"
             );
-            with_content_type("image/png", render_code(&params))
+            with_content_type("image/png", code_png(&params))
         }
-        Err((err, rid)) => {
+        Answer::Bogus(bogus) => {
+            tracing::info!(path, content_type = %bogus.content_type, "answered with a bogus image");
+            bogus_image(bogus)
+        }
+        Answer::Error(err, rid) => {
             tracing::info!(path, errcode = err.code, "answered with an error");
             err.into_response(&rid, error_ct)
         }
     }
+}
+
+/// HTTP 200 with the fault's body, and its content type if it is a valid header value.
+fn bogus_image(bogus: BogusImage) -> Response {
+    let mut response = (StatusCode::OK, Body::from(bogus.body)).into_response();
+    if !bogus.content_type.is_empty()
+        && let Ok(ct) = HeaderValue::from_str(&bogus.content_type)
+    {
+        response.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    response
+}
+
+/// What a gateway answers when it lost the upstream's answer.
+fn lost_answer() -> Response {
+    const PAGE: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n\
+                        <center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n";
+    (
+        StatusCode::BAD_GATEWAY,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/html"))],
+        PAGE,
+    )
+        .into_response()
 }
 
 fn with_content_type(content_type: &'static str, body: impl IntoResponse) -> Response {
@@ -187,7 +248,11 @@ async fn token(State(sb): State<Sandbox>, q: Params) -> Response {
 }
 
 async fn stable_token(State(sb): State<Sandbox>, method: Method, body: Bytes) -> Response {
-    serve_call(&sb, STABLE_TOKEN, JSON_CT, |cfg, st| {
+    let forced = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("force_refresh")?.as_bool())
+        .unwrap_or(false);
+    serve_call_as(&sb, STABLE_TOKEN, JSON_CT, forced, |cfg, st| {
         require_post(&method)?;
         let value: Value = serde_json::from_slice(&body).map_err(|_| error::DATA_FORMAT)?;
         let obj = value.as_object().ok_or(error::DATA_FORMAT)?;
@@ -208,8 +273,7 @@ async fn stable_token(State(sb): State<Sandbox>, method: Method, body: Bytes) ->
             text("appid")?,
             text("secret")?,
         )?;
-        let now = st.now();
-        let grant = st.tokens.stable(now, force)?;
+        let grant = st.stable_token(force)?;
         st.record_grant(&grant, false);
         Ok(Reply::Json(
             json!({"access_token": grant.access_token, "expires_in": grant.expires_in}),

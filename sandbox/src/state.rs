@@ -1,18 +1,31 @@
 //! Everything the sandbox remembers, behind one mutex.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
+use tokio::time::Instant;
 
 use crate::codes::{LoginCodes, PhoneCodes};
+use crate::error::WxError;
 use crate::faults::FaultGate;
 use crate::tokens::{Grant, Origin, Tokens};
 use crate::{SandboxConfig, Stats};
 
-/// The sandbox's clock: real time plus whatever tests skipped with `advance_time`.
+/// Seconds in a UTC day, for the per-day force-refresh limit.
+const DAY_SECS: u64 = 86_400;
+
+/// The sandbox's clock: tokio's clock plus whatever tests skipped with `advance_time`.
+///
+/// Tokio's clock is the monotonic clock, except under a paused runtime
+/// (`#[tokio::test(start_paused = true)]`, `tokio::time::advance`), where it only moves when
+/// the test moves it, so token and code lifetimes and watermark timestamps follow it. The
+/// paused clock belongs to a runtime: create and use a sandbox in the same one.
 #[derive(Debug)]
 pub(crate) struct Clock {
     start: Instant,
+    /// Unix time when the clock was created; wall time then moves with `start`, not with
+    /// the system clock.
+    start_epoch: Duration,
     skipped: Duration,
 }
 
@@ -20,6 +33,9 @@ impl Clock {
     fn new() -> Self {
         Self {
             start: Instant::now(),
+            start_epoch: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
             skipped: Duration::ZERO,
         }
     }
@@ -31,10 +47,13 @@ impl Clock {
 
     /// Unix time in seconds, as WeChat puts in watermarks.
     pub(crate) fn epoch_secs(&self) -> u64 {
-        let real = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        (real + self.skipped).as_secs()
+        (self.start_epoch + self.now()).as_secs()
+    }
+
+    /// The UTC day (days since the Unix epoch) on this clock: WeChat's daily quotas reset when
+    /// it changes.
+    pub(crate) fn utc_day(&self) -> u64 {
+        self.epoch_secs() / DAY_SECS
     }
 
     pub(crate) fn advance(&mut self, by: Duration) {
@@ -71,6 +90,12 @@ impl State {
         self.clock.now()
     }
 
+    /// A stable-token request at the current time, with the clock's UTC day for the force limit.
+    pub(crate) fn stable_token(&mut self, force: bool) -> Result<Grant, WxError> {
+        let (now, day) = (self.clock.now(), self.clock.utc_day());
+        self.tokens.stable(now, day, force)
+    }
+
     pub(crate) fn count_call(&mut self, path: &str) {
         *self.stats.calls.entry(path.to_owned()).or_default() += 1;
     }
@@ -93,5 +118,32 @@ impl State {
         self.rid_seq += 1;
         let digest = Sha256::digest(format!("rid:{}", self.rid_seq));
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(DAY_SECS);
+
+    #[tokio::test(start_paused = true)]
+    async fn clock_follows_paused_tokio_time() {
+        let clock = Clock::new();
+        let (epoch, day) = (clock.epoch_secs(), clock.utc_day());
+        tokio::time::advance(DAY).await;
+        assert_eq!(clock.now(), DAY);
+        assert_eq!(clock.epoch_secs(), epoch + DAY_SECS);
+        assert_eq!(clock.utc_day(), day + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn skipped_time_adds_to_tokio_time() {
+        let mut clock = Clock::new();
+        let epoch = clock.epoch_secs();
+        clock.advance(Duration::from_secs(100));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(clock.now(), Duration::from_secs(120));
+        assert_eq!(clock.epoch_secs(), epoch + 120);
     }
 }

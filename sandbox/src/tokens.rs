@@ -86,8 +86,9 @@ pub(crate) struct Tokens {
     all: HashMap<String, Token>,
     current_stable: Option<String>,
     last_force: Option<Duration>,
-    /// Force refreshes done so far (the daily limit is counted over the process lifetime).
+    /// Force refreshes done on UTC day `forces_day` (the daily limit is per UTC day).
     forces: u32,
+    forces_day: u64,
 }
 
 impl Tokens {
@@ -105,6 +106,7 @@ impl Tokens {
             current_stable: None,
             last_force: None,
             forces: 0,
+            forces_day: 0,
         }
     }
 
@@ -124,12 +126,22 @@ impl Tokens {
     /// and otherwise issues a new one (the old one keeps its own expiry). Force mode issues a
     /// new one and cuts every older stable token down to the grace period, unless the last
     /// force was too recent (then it behaves like normal mode) or the daily limit is used up.
-    pub(crate) fn stable(&mut self, now: Duration, force: bool) -> Result<Grant, WxError> {
+    /// `day` is the UTC day on the sandbox clock: the force count starts again when it changes.
+    pub(crate) fn stable(
+        &mut self,
+        now: Duration,
+        day: u64,
+        force: bool,
+    ) -> Result<Grant, WxError> {
         let force_too_soon = self
             .last_force
             .is_some_and(|last| now < last + self.policy.force_min_interval);
         if !force || force_too_soon {
             return Ok(self.stable_normal(now));
+        }
+        if day != self.forces_day {
+            self.forces_day = day;
+            self.forces = 0;
         }
         if self.forces >= self.policy.force_daily_limit {
             return Err(error::DAILY_QUOTA);
@@ -215,6 +227,9 @@ fn random_token() -> String {
 mod tests {
     use super::*;
 
+    /// Any UTC day: only changes of the day matter.
+    const DAY: u64 = 20_000;
+
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
     }
@@ -242,28 +257,56 @@ mod tests {
     #[test]
     fn stable_expires_in_is_rounded_up() {
         let mut t = tokens(|_| {});
-        t.stable(secs(0), false).unwrap();
-        let again = t.stable(Duration::from_millis(1500), false).unwrap();
+        t.stable(secs(0), DAY, false).unwrap();
+        let again = t.stable(Duration::from_millis(1500), DAY, false).unwrap();
         assert_eq!((again.expires_in, again.origin), (7199, Origin::Reused));
     }
 
     #[test]
     fn force_too_soon_falls_back_to_normal_mode() {
         let mut t = tokens(|_| {});
-        let first = t.stable(secs(0), true).unwrap();
+        let first = t.stable(secs(0), DAY, true).unwrap();
         assert_eq!(first.origin, Origin::Forced);
-        let soon = t.stable(secs(29), true).unwrap();
+        let soon = t.stable(secs(29), DAY, true).unwrap();
         assert_eq!(soon.origin, Origin::Reused);
         assert_eq!(soon.access_token, first.access_token);
-        assert_eq!(t.stable(secs(30), true).unwrap().origin, Origin::Forced);
+        assert_eq!(
+            t.stable(secs(30), DAY, true).unwrap().origin,
+            Origin::Forced
+        );
+    }
+
+    #[test]
+    fn force_daily_limit_is_per_utc_day() {
+        let mut t = tokens(|c| {
+            c.force_min_interval_secs = 0;
+            c.force_daily_limit = 2;
+        });
+        assert_eq!(t.stable(secs(0), DAY, true).unwrap().origin, Origin::Forced);
+        assert_eq!(t.stable(secs(1), DAY, true).unwrap().origin, Origin::Forced);
+        assert_eq!(t.stable(secs(2), DAY, true), Err(error::DAILY_QUOTA));
+        // Hours later, the same day: still used up, and normal mode still works.
+        assert_eq!(t.stable(secs(80_000), DAY, true), Err(error::DAILY_QUOTA));
+        assert!(t.stable(secs(80_000), DAY, false).is_ok());
+        // The next day, the count starts again.
+        let next = DAY + 1;
+        assert_eq!(
+            t.stable(secs(80_001), next, true).unwrap().origin,
+            Origin::Forced
+        );
+        assert_eq!(
+            t.stable(secs(80_002), next, true).unwrap().origin,
+            Origin::Forced
+        );
+        assert_eq!(t.stable(secs(80_003), next, true), Err(error::DAILY_QUOTA));
     }
 
     #[test]
     fn revoked_current_stable_token_is_replaced_in_normal_mode() {
         let mut t = tokens(|_| {});
-        let a = t.stable(secs(0), false).unwrap().access_token;
+        let a = t.stable(secs(0), DAY, false).unwrap().access_token;
         t.invalidate_all();
-        let b = t.stable(secs(1), false).unwrap();
+        let b = t.stable(secs(1), DAY, false).unwrap();
         assert_ne!(b.access_token, a);
         assert_eq!(b.origin, Origin::Issued);
         assert_eq!(t.check(&b.access_token, secs(1)), Ok(()));

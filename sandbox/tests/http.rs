@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use wechat_sandbox::{
-    CodeParams, Faults, PhoneSpec, RunningSandbox, Sandbox, SandboxConfig, ScriptedError,
-    render_code,
+    BogusImage, CodeParams, Faults, LostAnswer, PhoneSpec, RunningSandbox, Sandbox, SandboxConfig,
+    ScriptedError, render_code,
 };
 
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
@@ -70,15 +70,33 @@ impl Harness {
         &self.running.sandbox
     }
 
-    async fn answer(resp: reqwest::Response) -> Answer {
-        assert_eq!(resp.status(), 200, "WeChat answers 200 even on errors");
+    /// The status and the answer, whatever the status.
+    async fn read(resp: reqwest::Response) -> (u16, Answer) {
+        let status = resp.status().as_u16();
         let content_type = resp
             .headers()
             .get("content-type")
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default();
         let body = resp.bytes().await.unwrap().to_vec();
-        Answer { content_type, body }
+        (status, Answer { content_type, body })
+    }
+
+    async fn answer(resp: reqwest::Response) -> Answer {
+        let (status, answer) = Self::read(resp).await;
+        assert_eq!(status, 200, "WeChat answers 200 even on errors");
+        answer
+    }
+
+    async fn raw_get(&self, path_and_query: &str) -> (u16, Answer) {
+        let url = format!("{}{path_and_query}", self.running.base_url());
+        Self::read(self.http.get(url).send().await.unwrap()).await
+    }
+
+    async fn raw_post(&self, path_and_query: &str, body: impl Into<String>) -> (u16, Answer) {
+        let url = format!("{}{path_and_query}", self.running.base_url());
+        let body: String = body.into();
+        Self::read(self.http.post(url).body(body).send().await.unwrap()).await
     }
 
     async fn get(&self, path_and_query: &str) -> Answer {
@@ -106,15 +124,18 @@ impl Harness {
         (status, resp.bytes().await.unwrap().to_vec())
     }
 
-    async fn login(&self, code: &str) -> Answer {
+    fn login_path(&self, code: &str) -> String {
         let cfg = self.sb().config();
-        self.get(&format!(
+        format!(
             "/sns/jscode2session?appid={}&secret={}&js_code={}&grant_type=authorization_code",
             enc(&cfg.appid),
             enc(&cfg.secret),
             enc(code)
-        ))
-        .await
+        )
+    }
+
+    async fn login(&self, code: &str) -> Answer {
+        self.get(&self.login_path(code)).await
     }
 
     async fn legacy(&self) -> Answer {
@@ -133,15 +154,20 @@ impl Harness {
         a.json()["access_token"].as_str().unwrap().to_owned()
     }
 
-    async fn stable(&self, force: bool) -> Answer {
+    fn stable_body(&self, force: bool) -> String {
         let cfg = self.sb().config();
-        let body = json!({
+        json!({
             "grant_type": "client_credential",
             "appid": cfg.appid,
             "secret": cfg.secret,
             "force_refresh": force,
-        });
-        self.post("/cgi-bin/stable_token", body.to_string()).await
+        })
+        .to_string()
+    }
+
+    async fn stable(&self, force: bool) -> Answer {
+        self.post("/cgi-bin/stable_token", self.stable_body(force))
+            .await
     }
 
     /// (token, expires_in) from a stable_token call that must succeed.
@@ -491,6 +517,49 @@ async fn force_refresh_daily_limit() {
 }
 
 #[tokio::test]
+async fn force_refresh_daily_limit_starts_again_the_next_utc_day() {
+    let h = start(|c| {
+        c.force_min_interval_secs = 0;
+        c.force_daily_limit = 2;
+    })
+    .await;
+    h.stable_ok(true).await;
+    h.stable_ok(true).await;
+    assert_eq!(h.stable(true).await.errcode(), 45009);
+    h.advance(86_400);
+    let (fresh, _) = h.stable_ok(true).await;
+    let (again, _) = h.stable_ok(true).await;
+    assert_ne!(fresh, again, "both were force refreshes");
+    assert_eq!(h.stable(true).await.errcode(), 45009);
+    assert_eq!(h.sb().stats().force_refreshes, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn force_refresh_daily_limit_holds_until_utc_midnight() {
+    let h = start(|c| {
+        c.force_min_interval_secs = 0;
+        c.force_daily_limit = 1;
+    })
+    .await;
+    let token = h.legacy_token().await;
+    // The sandbox's own Unix time, from a watermark.
+    let now = watermark_timestamp(&h.phone(&token, "abc").await);
+    let to_midnight = 86_400 - now % 86_400;
+    h.stable_ok(true).await;
+    assert_eq!(h.stable(true).await.errcode(), 45009);
+    tokio::time::advance(Duration::from_secs(to_midnight - 1)).await;
+    assert_eq!(
+        h.stable(true).await.errcode(),
+        45009,
+        "23:59:59 is the same day"
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    h.stable_ok(true).await;
+    assert_eq!(h.stable(true).await.errcode(), 45009);
+    assert_eq!(h.sb().stats().force_refreshes, 2);
+}
+
+#[tokio::test]
 async fn force_grace_keeps_the_old_stable_token_for_a_while() {
     let h = start(|c| c.force_grace_secs = 60).await;
     let (a, _) = h.stable_ok(false).await;
@@ -622,6 +691,186 @@ async fn latency_delays_wechat_answers() {
     let t = Instant::now();
     h.legacy().await;
     assert!(t.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn bogus_images_replace_codes_that_would_have_succeeded() {
+    use reqwest::Method;
+    let h = start(|_| {}).await;
+    let token = h.legacy_token().await;
+    let faults = json!({
+        "bogus_image": {
+            "content_type": "image/jpeg",
+            "body": r#"{"errmsg":"system error"}"#,
+            "count": 2,
+        },
+        "scripted": [{"path": "/wxa/getwxacodeunlimit", "errcode": 45009, "count": 1}],
+    });
+    let (status, _) = h.admin(Method::PUT, "/_sandbox/faults", faults).await;
+    assert_eq!(status, 204);
+
+    // Calls that fail do not use up the count.
+    assert_eq!(h.probe(&token).await, 45009, "scripted");
+    assert_eq!(h.probe("not-a-token").await, 40001);
+    assert_eq!(
+        h.qrcode(&token, r#"{"scene":"a b"}"#).await.errcode(),
+        40129
+    );
+    for left in [1, 0] {
+        let a = h.qrcode(&token, r#"{"scene":"id=42"}"#).await;
+        assert_eq!(a.content_type, "image/jpeg");
+        assert_eq!(a.body, br#"{"errmsg":"system error"}"#);
+        assert_eq!(h.sb().faults().bogus_image.unwrap().count, left);
+    }
+    let real = h.qrcode(&token, r#"{"scene":"id=42"}"#).await;
+    assert_eq!(real.content_type, "image/png");
+    assert_eq!(real.body, render_code(&CodeParams::defaults("id=42")));
+
+    let (status, body) = h.admin(Method::GET, "/_sandbox/faults", json!(null)).await;
+    assert_eq!(status, 200);
+    let shown: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(shown["bogus_image"]["count"], 0);
+    assert_eq!(shown["bogus_image"]["content_type"], "image/jpeg");
+}
+
+#[tokio::test]
+async fn bogus_images_can_start_with_a_bom_or_be_empty() {
+    let h = start(|_| {}).await;
+    let token = h.legacy_token().await;
+    let bogus = |content_type: &str, body: &str| Faults {
+        bogus_image: Some(BogusImage {
+            content_type: content_type.into(),
+            body: body.into(),
+            count: 1,
+        }),
+        ..Faults::default()
+    };
+
+    h.sb()
+        .set_faults(bogus("image/png", "\u{feff}{\"errcode\":0}"));
+    let a = h.qrcode(&token, r#"{"scene":"a"}"#).await;
+    assert_eq!(a.content_type, "image/png");
+    assert_eq!(a.body, b"\xef\xbb\xbf{\"errcode\":0}");
+
+    h.sb().set_faults(bogus("", ""));
+    let a = h.qrcode(&token, r#"{"scene":"a"}"#).await;
+    assert_eq!(a.content_type, "", "no Content-Type at all");
+    assert!(a.body.is_empty());
+
+    // Other paths are not touched.
+    h.sb().set_faults(bogus("image/jpeg", ""));
+    assert!(
+        h.legacy()
+            .await
+            .content_type
+            .starts_with("application/json")
+    );
+    assert_eq!(h.sb().faults().bogus_image.unwrap().count, 1);
+}
+
+/// Asserts a gateway's 502 page.
+fn assert_lost(status: u16, a: &Answer) {
+    assert_eq!(status, 502);
+    assert!(
+        a.content_type.starts_with("text/html"),
+        "{}",
+        a.content_type
+    );
+    assert!(String::from_utf8_lossy(&a.body).contains("502 Bad Gateway"));
+}
+
+#[tokio::test]
+async fn a_lost_force_refresh_still_happened() {
+    let h = start(|_| {}).await;
+    let (old, _) = h.stable_ok(false).await;
+    h.sb().set_faults(Faults {
+        lost_answers: vec![LostAnswer {
+            path: "/cgi-bin/stable_token".into(),
+            count: 1,
+            only_force: true,
+        }],
+        ..Faults::default()
+    });
+    let (status, a) = h
+        .raw_post("/cgi-bin/stable_token", h.stable_body(true))
+        .await;
+    assert_lost(status, &a);
+
+    let stats = h.sb().stats();
+    assert_eq!(stats.force_refreshes, 1);
+    assert_eq!(stats.stable_issued, 2);
+    assert_eq!(stats.calls["/cgi-bin/stable_token"], 2);
+    assert_eq!(h.probe(&old).await, 40001, "the force refresh killed it");
+    assert_eq!(h.sb().faults().lost_answers[0].count, 0);
+
+    // The token the lost answer carried is the current one: normal mode hands it out.
+    let (current, _) = h.stable_ok(false).await;
+    assert_ne!(current, old);
+    assert_eq!(h.probe(&current).await, 0);
+    assert_eq!(h.sb().stats().stable_issued, 2);
+}
+
+#[tokio::test]
+async fn lost_answers_set_over_http_use_up_codes_and_errors_alike() {
+    use reqwest::Method;
+    let h = start(|_| {}).await;
+    let faults = json!({"lost_answers": [{"path": "sns/jscode2session", "count": 2}]});
+    let (status, _) = h.admin(Method::PUT, "/_sandbox/faults", faults).await;
+    assert_eq!(status, 204);
+
+    let code = h.sb().mint_login_code("alice");
+    let (status, a) = h.raw_get(&h.login_path(&code)).await;
+    assert_lost(status, &a);
+    // WeChat's error answer is lost too.
+    let (status, a) = h.raw_get(&h.login_path("invalid.1")).await;
+    assert_lost(status, &a);
+
+    assert_eq!(
+        h.login(&code).await.errcode(),
+        40163,
+        "redeemed by the lost call"
+    );
+    assert_eq!(h.legacy().await.errcode(), 0, "other paths unaffected");
+    assert_eq!(h.sb().stats().calls["/sns/jscode2session"], 3);
+}
+
+// ---------------------------------------------------------------- paused tokio time
+
+fn watermark_timestamp(a: &Answer) -> u64 {
+    a.json()["phone_info"]["watermark"]["timestamp"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn paused_tokio_time_expires_tokens() {
+    let h = start(|_| {}).await;
+    let t = h.legacy_token().await;
+    tokio::time::advance(Duration::from_secs(7201)).await;
+    assert_eq!(h.probe(&t).await, 42001);
+    assert_eq!(h.probe(&h.legacy_token().await).await, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn paused_tokio_time_ages_codes_and_moves_watermarks() {
+    let h = start(|c| c.code_ttl_secs = 60).await;
+    let login = h.sb().mint_login_code("alice");
+    let phone = h.sb().mint_phone_code(PhoneSpec::default());
+    let token = h.legacy_token().await;
+    let before = watermark_timestamp(&h.phone(&token, "abc").await);
+
+    tokio::time::advance(Duration::from_secs(59)).await;
+    let (stable, expires_in) = h.stable_ok(false).await;
+    assert_eq!(expires_in, 7200);
+
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(h.login(&login).await.errcode(), 40029);
+    assert_eq!(h.phone(&token, &phone).await.errcode(), 40029);
+    assert_eq!(
+        watermark_timestamp(&h.phone(&token, "abd").await),
+        before + 60
+    );
+    assert_eq!(h.stable_ok(false).await, (stable, 7199));
 }
 
 // ---------------------------------------------------------------- getwxacodeunlimit
