@@ -73,7 +73,7 @@ pub async fn serve(app: &App, surface: Surface, req: Request) -> Response<Body> 
             Some(by) => match tokio::time::timeout_at(by, handled).await {
                 Ok(resp) => resp,
                 Err(_) => {
-                    let e = ApiError::out_of_time(crate::scope::waiting());
+                    let e = ApiError::out_of_time(crate::scope::slowest());
                     tracing::error!(
                         request_id,
                         code = e.code(),

@@ -209,25 +209,53 @@ async fn every_token_dying_at_once_fails_no_request_and_costs_one_fetch() {
 #[tokio::test]
 async fn a_retry_token_from_the_table_that_wechat_rejects_too_is_replaced_once_more() {
     for mode in MODES {
-        // GIVEN an instance holding one token, and the table holding another that WeChat will
-        // also reject (its first call and the retry both answer 40001)
+        // GIVEN an instance holding one token in memory, and the table holding another (fetched
+        // by a second instance after the first was replaced) that WeChat will reject as well:
+        // its first call and the retry both answer 40001
         let env = env_with(mode, |_| {}).await;
-        let app = env.build_app();
+        let (app, other) = (env.build_app(), env.build_app());
         let bearer = login(&env, &app, "twice").await;
         assert!(is_png(&qrcode(&app, &bearer, "warm").await));
+        let held = app.tokens.token().await.unwrap();
+        match mode {
+            TokenMode::Legacy => {
+                env.store
+                    .delete_token_if(app.tokens.store_key(), &held)
+                    .await
+                    .unwrap();
+            }
+            TokenMode::Stable => env.sandbox().third_party_force_stable(),
+        }
+        assert!(is_png(&qrcode(&other, &bearer, "other").await));
+        let shared = other.tokens.token().await.unwrap();
+        assert_ne!(shared, held);
         env.sandbox().reset_stats();
         env.script(CODE_PATH, 40001, 2);
 
-        // WHEN a code is asked for
+        // WHEN the first instance is asked for a code
         let r = qrcode(&app, &bearer, "x").await;
 
-        // THEN the third call, with a token fetched for it, succeeds
+        // THEN the third call, with a token fetched for it through the lease, succeeds
         assert!(is_png(&r), "{}: {:?}", mode.as_str(), error(&r));
         assert_eq!(calls(&env, CODE_PATH), 3, "{}", mode.as_str());
+        // (stable: a normal call handed back the rejected token, so one force refresh)
+        let token_calls = match mode {
+            TokenMode::Legacy => 1,
+            TokenMode::Stable => 2,
+        };
         assert_eq!(
             calls(&env, token_path(mode)),
-            1 + u64::from(mode == TokenMode::Stable)
+            token_calls,
+            "{}",
+            mode.as_str()
         );
+        let now = app.tokens.token().await.unwrap();
+        assert_ne!(now, held);
+        if mode == TokenMode::Legacy {
+            // (stable: WeChat performs no force within 30 s of the third party's and hands the
+            // current token back, which is then accepted)
+            assert_ne!(now, shared, "the rejected table token was replaced");
+        }
 
         // AND a token this request fetched itself is not replaced again: a rejection of it ends
         // the request (no loop)

@@ -393,3 +393,153 @@ async fn the_lambda_binary_returns_the_image_base64_encoded() {
     let r = V2Response::parse(&api.invoke(login).await.unwrap());
     assert_eq!(r.status, 404);
 }
+
+/// Every object in the test's bucket.
+async fn objects(env: &TestEnv) -> Vec<String> {
+    let out = moto::s3_client(&env.sdk)
+        .list_objects_v2()
+        .bucket(env.bucket.as_ref().unwrap())
+        .send()
+        .await
+        .unwrap();
+    out.contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_a_png_or_jpeg_is_never_served_nor_cached() {
+    let env = cached_env().await;
+    let token = env.login("alice").await;
+    for (content_type, body) in [
+        ("image/jpeg", r#"{"errmsg":"system error"}"#),
+        (
+            "image/png",
+            "\u{feff}{\"errcode\":40001,\"errmsg\":\"invalid credential\"}",
+        ),
+        ("image/png", ""),
+        ("image/jpeg", "<html><body>busy</body></html>"),
+    ] {
+        // GIVEN WeChat answering the next code call with that body as an image
+        env.sandbox().set_faults(Faults {
+            bogus_image: Some(wechat_sandbox::BogusImage {
+                content_type: content_type.into(),
+                body: body.into(),
+                count: 1,
+            }),
+            ..Default::default()
+        });
+        // WHEN a code is asked for, THEN 502 wechat_error, as JSON
+        let r = qrcode(&env, &token, json!({"scene": "bogus"})).await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (502, "wechat_error"),
+            "{body:?}"
+        );
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    }
+    // AND nothing reached S3
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(objects(&env).await, Vec::<String>::new());
+
+    // AND once WeChat answers with an image, the real code is served and cached
+    let r = qrcode(&env, &token, json!({"scene": "bogus"})).await;
+    assert_eq!((r.status, r.header("x-cache")), (200, Some("miss")));
+    assert_eq!(r.body, render_code(&params("bogus")));
+    let key = wait_for_object(&env).await;
+
+    // AND an object in the cache that is not an image (written by someone else, or corrupted)
+    // is not served: WeChat makes the code again
+    moto::s3_client(&env.sdk)
+        .put_object()
+        .bucket(env.bucket.as_ref().unwrap())
+        .key(&key)
+        .content_type("image/png")
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(
+            b"{\"errcode\":-1}",
+        ))
+        .send()
+        .await
+        .unwrap();
+    let before = code_calls(&env);
+    let r = qrcode(&env, &token, json!({"scene": "bogus"})).await;
+    assert_eq!((r.status, r.header("x-cache")), (200, Some("miss")));
+    assert_eq!(r.body, render_code(&params("bogus")));
+    assert_eq!(code_calls(&env), before + 1);
+}
+
+/// A TCP endpoint that accepts connections and never answers (a hung dependency).
+fn hanging_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn an_overrun_of_the_lambda_deadline_names_the_part_that_was_slow() {
+    let env = TestEnv::new().await;
+    let token = env.login("alice").await;
+    let auth = format!("Bearer {token}");
+    let event = v2_event(
+        "POST",
+        "/qrcode",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        Some(br#"{"scene":"slow"}"#),
+        false,
+    );
+    // A 2 s invocation: the function answers 0.5 s before the deadline.
+    let budget = Duration::from_secs(2);
+
+    // GIVEN a WeChat that takes 5 s to answer
+    env.sandbox().set_faults(Faults {
+        latency_ms: 5000,
+        ..Default::default()
+    });
+    let api = RuntimeApi::start().await;
+    let _f =
+        e2e::FunctionProcess::spawn(&e2e::binary_path("qrcode"), &api, &env.function_env().await);
+    let started = std::time::Instant::now();
+    let r = V2Response::parse(
+        &api.invoke_full(event.clone(), budget)
+            .await
+            .result
+            .expect("answered"),
+    );
+    // THEN the answer comes before the deadline and blames WeChat
+    assert!(started.elapsed() < budget, "{:?}", started.elapsed());
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (503, json!("wechat_unavailable"))
+    );
+
+    // GIVEN instead a DynamoDB that never answers
+    env.sandbox().set_faults(Faults::default());
+    let mut fenv = env.function_env().await;
+    fenv.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+    fenv.push(("AWS_ENDPOINT_URL".into(), hanging_endpoint()));
+    let api = RuntimeApi::start().await;
+    let _f = e2e::FunctionProcess::spawn(&e2e::binary_path("qrcode"), &api, &fenv);
+    let started = std::time::Instant::now();
+    let r = V2Response::parse(
+        &api.invoke_full(event, budget)
+            .await
+            .result
+            .expect("answered"),
+    );
+    // THEN the answer comes before the deadline and blames the store
+    assert!(started.elapsed() < budget, "{:?}", started.elapsed());
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (503, json!("store_unavailable"))
+    );
+}
