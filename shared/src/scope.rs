@@ -122,7 +122,11 @@ mod tests {
         // A store write cut off at the end does not outweigh a long WeChat wait.
         let d = clock::now() + Duration::from_secs(3);
         let named = run(Some(d), async {
-            waiting_on(Waiting::WeChat, tokio::time::sleep(Duration::from_millis(2900))).await;
+            waiting_on(
+                Waiting::WeChat,
+                tokio::time::sleep(Duration::from_millis(2900)),
+            )
+            .await;
             let write = waiting_on(Waiting::Store, tokio::time::sleep(Duration::from_secs(1)));
             assert!(tokio::time::timeout_at(d, write).await.is_err());
             slowest()

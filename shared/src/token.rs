@@ -175,8 +175,10 @@ struct Lease {
 
 impl Lease {
     async fn release(mut self) {
+        let released = self.store.release_lease(&self.name, &self.holder).await;
+        // Only now: a release cut off midway is made again from `drop`.
         self.released = true;
-        if let Err(e) = self.store.release_lease(&self.name, &self.holder).await {
+        if let Err(e) = released {
             tracing::warn!(error = %e, "could not release the token lease");
         }
     }

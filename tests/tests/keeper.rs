@@ -431,3 +431,58 @@ async fn codes_and_phone_answer_503_store_unavailable_when_dynamodb_is_down() {
     assert_eq!(error(&r), (503, "store_unavailable".into(), Value::Null));
     assert_eq!(calls(&env, CODE_PATH) + calls(&env, PHONE_PATH), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The fetch lease.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_slower_than_the_lease_keeps_its_lease_and_nobody_fetches_twice() {
+    for mode in MODES {
+        // GIVEN a WeChat that takes 4 s to issue a token (longer than the 3 s lease, as the force
+        // path can be), and two cold instances
+        let env = env_with(mode, |_| {}).await;
+        let (a, b) = (Arc::new(env.build_app()), Arc::new(env.build_app()));
+        env.sandbox().set_faults(Faults {
+            latency_ms: 4000,
+            ..Default::default()
+        });
+
+        // WHEN one starts fetching and the other needs a token a moment later
+        let first = {
+            let a = a.clone();
+            tokio::spawn(async move { a.tokens.token().await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let second = b.tokens.token().await.expect("waited for the first fetch");
+
+        // THEN the holder renewed its lease while WeChat was slow: one fetch, one token
+        let first = first.await.unwrap().expect("fetched");
+        assert_eq!(first, second, "{}", mode.as_str());
+        assert_eq!(calls(&env, token_path(mode)), 1, "{}", mode.as_str());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_cancelled_by_the_deadline_releases_its_lease() {
+    // GIVEN a WeChat that hangs for 10 s, and a request whose deadline comes after 1 s
+    let env = env_with(TokenMode::Stable, |_| {}).await;
+    env.sandbox().set_faults(Faults {
+        latency_ms: 10_000,
+        ..Default::default()
+    });
+    let app = env.build_app();
+    let by = wxmp::clock::now() + Duration::from_secs(1);
+    let cut = wxmp::scope::run(Some(by), tokio::time::timeout_at(by, app.tokens.token())).await;
+    assert!(cut.is_err(), "cut off by the deadline");
+
+    // THEN the lease is free within moments, not after its 3 s
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lease = format!("fetch#{}", app.tokens.store_key());
+    assert!(
+        env.store
+            .try_lease(&lease, "next", wxmp::now_millis(), 1000)
+            .await
+            .unwrap(),
+        "the cancelled fetch gave its lease back"
+    );
+}
