@@ -36,3 +36,8 @@ start_moto() {
   cat "$log" >&2
   return 1
 }
+
+# free_port: prints a TCP port on 127.0.0.1 that is free now (for a server started next).
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}

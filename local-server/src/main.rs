@@ -6,13 +6,10 @@
 //! - WeChat: the built-in sandbox, mounted under `/sandbox` on the same port, unless
 //!   `WECHAT_APPID` and `WECHAT_SECRET` are set (then `WECHAT_API_BASE`, default the real API).
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::response::{IntoResponse, Response};
 use wechat_sandbox::{Sandbox, SandboxConfig};
 use wxmp::codecache::CodeCache;
 use wxmp::store::{DynamoStore, MemoryStore, Store};
@@ -23,7 +20,8 @@ async fn main() {
     wxmp::logging::init();
     if let Err(e) = run().await {
         tracing::error!(error = %e, "local-server failed to start");
-        eprintln!("local-server: {e}");
+        // stderr may be closed too: nothing here may panic.
+        let _ = writeln!(std::io::stderr(), "local-server: {e}");
         std::process::exit(1);
     }
 }
@@ -36,7 +34,17 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => 3000,
     };
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    let use_sandbox = env("WECHAT_APPID").is_none() || env("WECHAT_SECRET").is_none();
+    // Both credentials, or neither (the sandbox): one alone is a mistake, not a wish for the sandbox.
+    let use_sandbox = match (env("WECHAT_APPID"), env("WECHAT_SECRET")) {
+        (None, None) => true,
+        (Some(_), Some(_)) => false,
+        (Some(_), None) => {
+            return Err("WECHAT_SECRET is required when WECHAT_APPID is set (unset both to use the sandbox)".into());
+        }
+        (None, Some(_)) => {
+            return Err("WECHAT_APPID is required when WECHAT_SECRET is set (unset both to use the sandbox)".into());
+        }
+    };
     let sandbox = use_sandbox.then(|| Sandbox::new(SandboxConfig::default()));
 
     let config = match &sandbox {
@@ -87,7 +95,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let app = Arc::new(App::new(config.clone(), store).with_code_cache(codes));
 
-    let mut router = Router::new().fallback(serve).with_state(app.clone());
+    let mut router = wxmp::http::router(app.clone(), Surface::All);
     if let Some(sb) = &sandbox {
         router = router.nest_service("/sandbox", sb.router());
     }
@@ -97,7 +105,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let interval = wxmp::refresher::interval_from_env()?;
     tokio::spawn(refresh_forever(app.clone(), interval));
     tracing::info!(%addr, store = store_kind, wechat, appid = %config.wechat.appid, "local-server listening");
-    println!("local-server: http://{addr} (store: {store_kind}, wechat: {wechat})");
+    // A closed stdout (piped into `head`, say) must not stop the server.
+    let _ = writeln!(
+        std::io::stdout(),
+        "local-server: http://{addr} (store: {store_kind}, wechat: {wechat})"
+    );
     axum::serve(listener, router)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -112,29 +124,4 @@ async fn refresh_forever(app: Arc<App>, interval: std::time::Duration) {
         let _ = wxmp::refresher::run_with_interval(&app, interval).await;
         tokio::time::sleep(interval).await;
     }
-}
-
-/// Hands the request to the shared handler, exactly as the Lambda adapter does.
-async fn serve(State(app): State<Arc<App>>, req: Request) -> Response {
-    let request_id = wxmp::ids::new_request_id();
-    let (parts, body) = req.into_parts();
-    // Read a little past the handler's own limit so it can answer "too large" itself.
-    let body = match axum::body::to_bytes(body, wxmp::input::MAX_BODY_BYTES + 1024).await {
-        Ok(b) => b,
-        Err(_) => {
-            let e = wxmp::error::ApiError::InvalidRequest(format!(
-                "request body is larger than {} bytes",
-                wxmp::input::MAX_BODY_BYTES
-            ));
-            return e.to_response(&request_id).map(Body::from).into_response();
-        }
-    };
-    let resp = wxmp::api::handle(
-        &app,
-        Surface::All,
-        http::Request::from_parts(parts, body),
-        &request_id,
-    )
-    .await;
-    resp.map(Body::from).into_response()
 }

@@ -8,11 +8,13 @@ use crate::store::{DynamoStore, Store};
 use crate::token::TokenKeeper;
 use crate::wechat::WeChatClient;
 
+#[derive(Clone)]
 pub struct App {
     pub config: Config,
     pub wechat: WeChatClient,
     pub store: Arc<dyn Store>,
-    pub tokens: TokenKeeper,
+    /// Shared by clones: one keeper (one memory, one single-flight) per instance.
+    pub tokens: Arc<TokenKeeper>,
     /// The S3 code cache, when `CODE_BUCKET` is set.
     pub codes: Option<CodeCache>,
 }
@@ -26,7 +28,11 @@ pub enum InitError {
 impl App {
     pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
         let wechat = WeChatClient::new(&config.wechat_api_base, config.wechat.clone());
-        let tokens = TokenKeeper::new(wechat.clone(), store.clone(), config.token_mode);
+        let tokens = Arc::new(TokenKeeper::new(
+            wechat.clone(),
+            store.clone(),
+            config.token_mode,
+        ));
         App {
             config,
             wechat,

@@ -1,6 +1,7 @@
 //! Every failure a request can meet, and the one place that turns it into the contract's JSON:
 //! `{"error": {"code", "message", "wechat_errcode"?, "request_id"}}` with its status.
 
+use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde_json::json;
 
@@ -34,6 +35,15 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("no route {0}")]
     NotFound(String),
+    /// A known path with a method it does not take; `allow` lists the ones it does.
+    #[error("method {method} is not allowed on {path}; use {}", allow.join(", "))]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: Vec<&'static str>,
+    },
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
     #[error("internal error")]
     Internal(String),
 }
@@ -88,6 +98,8 @@ impl ApiError {
             ApiError::Unauthenticated | ApiError::InvalidCode(_) => StatusCode::UNAUTHORIZED,
             ApiError::RiskyUser(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::WeChat(_) => StatusCode::BAD_GATEWAY,
             ApiError::WeChatUnavailable(_) | ApiError::NoToken(_) | ApiError::Store(_) => {
@@ -108,6 +120,8 @@ impl ApiError {
             ApiError::WeChatUnavailable(_) | ApiError::NoToken(_) => "wechat_unavailable",
             ApiError::Store(_) => "store_unavailable",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -141,7 +155,8 @@ impl ApiError {
         }
     }
 
-    pub fn to_response(&self, request_id: &str) -> crate::api::HttpResponse {
+    /// The contract's answer for this error, for the request `request_id`.
+    pub fn to_response(&self, request_id: &str) -> Response {
         let mut error = json!({
             "code": self.code(),
             "message": self.to_string(),
@@ -150,7 +165,34 @@ impl ApiError {
         if let Some(c) = self.wechat_errcode() {
             error["wechat_errcode"] = json!(c);
         }
-        crate::api::json_response(self.status(), &json!({ "error": error }))
+        let mut resp =
+            crate::http::json_response(self.status(), &json!({ "error": error })).into_response();
+        if let ApiError::MethodNotAllowed { allow, .. } = self {
+            let allow = http::HeaderValue::from_str(&allow.join(", "))
+                .expect("method names are valid header text");
+            resp.headers_mut().insert(http::header::ALLOW, allow);
+        }
+        // For the request's log line (see `http::layer`).
+        resp.extensions_mut().insert(Logged {
+            code: self.code(),
+            detail: self.detail(),
+        });
+        resp
+    }
+}
+
+/// What the request's log line says about an error answer.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl IntoResponse for ApiError {
+    /// The contract's JSON, with the id of the request running (see [`crate::scope`]).
+    fn into_response(self) -> Response {
+        let id = crate::scope::request_id().unwrap_or_default();
+        self.to_response(&id)
     }
 }
 
@@ -216,7 +258,7 @@ mod tests {
     fn body_has_the_contract_shape() {
         let r = ApiError::InvalidCode(api(40029)).to_response("req-1");
         assert_eq!(r.status(), 401);
-        let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+        let v = body(r);
         assert_eq!(v["error"]["code"], "invalid_code");
         assert_eq!(v["error"]["wechat_errcode"], 40029);
         assert_eq!(v["error"]["request_id"], "req-1");
@@ -225,7 +267,34 @@ mod tests {
             "the login code was rejected by WeChat"
         );
         let r = ApiError::Unauthenticated.to_response("r");
-        let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+        let v = body(r);
         assert!(v["error"].get("wechat_errcode").is_none());
+
+        let r = ApiError::MethodNotAllowed {
+            method: "PUT".into(),
+            path: "/session".into(),
+            allow: vec!["GET", "DELETE"],
+        }
+        .to_response("r");
+        assert_eq!(r.status(), 405);
+        assert_eq!(r.headers()["allow"], "GET, DELETE");
+        assert_eq!(body(r)["error"]["code"], "method_not_allowed");
+        let r = ApiError::PayloadTooLarge(16384).to_response("r");
+        assert_eq!(r.status(), 413);
+        assert_eq!(body(r)["error"]["code"], "payload_too_large");
+    }
+
+    fn body(r: Response) -> serde_json::Value {
+        let bytes = futures_lite_body(r);
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// The bytes of a response body built in memory.
+    fn futures_lite_body(r: Response) -> bytes::Bytes {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(axum::body::to_bytes(r.into_body(), usize::MAX))
+            .unwrap()
     }
 }

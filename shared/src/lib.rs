@@ -1,20 +1,19 @@
 //! The library every function uses: configuration, the WeChat client, the stores, the HTTP
 //! surface and the Lambda adapter. Functions' `main.rs` files only wire these together.
 
-pub mod api;
 pub mod app;
 pub mod aws;
 pub mod clock;
 pub mod codecache;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod ids;
-pub mod input;
 pub mod lambda;
 pub mod logging;
-pub mod qrcode;
 pub mod refresher;
 pub mod retry;
+pub mod routes;
 pub mod scope;
 pub mod secret;
 pub mod session;
@@ -22,9 +21,9 @@ pub mod store;
 pub mod token;
 pub mod wechat;
 
-pub use api::{HttpRequest, HttpResponse, Surface};
 pub use app::App;
 pub use config::Config;
+pub use http::Surface;
 
 /// Seconds since the Unix epoch, on the one [`clock`].
 pub fn now_secs() -> u64 {

@@ -25,6 +25,7 @@ pub enum Waiting {
 }
 
 struct Scope {
+    request_id: String,
     deadline: Option<Instant>,
     /// What is waited on now, and since when.
     current: Cell<(Waiting, Instant)>,
@@ -54,9 +55,19 @@ tokio::task_local! {
 
 /// Runs `f` (a whole request) with `deadline`.
 pub async fn run<F: Future>(deadline: Option<Instant>, f: F) -> F::Output {
+    run_request(crate::ids::new_request_id(), deadline, f).await
+}
+
+/// Runs `f` (a whole request) as `request_id`, with `deadline`.
+pub async fn run_request<F: Future>(
+    request_id: String,
+    deadline: Option<Instant>,
+    f: F,
+) -> F::Output {
     SCOPE
         .scope(
             Scope {
+                request_id,
                 deadline,
                 current: Cell::new((Waiting::Nothing, clock::now())),
                 spent: Cell::new([Duration::ZERO; 2]),
@@ -64,6 +75,11 @@ pub async fn run<F: Future>(deadline: Option<Instant>, f: F) -> F::Output {
             f,
         )
         .await
+}
+
+/// The id of the request running (the Lambda request id, or a generated one), if any.
+pub fn request_id() -> Option<String> {
+    SCOPE.try_with(|s| s.request_id.clone()).ok()
 }
 
 /// The request's deadline, if it runs in a scope that has one.

@@ -237,9 +237,20 @@ pub async fn call_app_with_headers(
     for (name, value) in headers {
         b = b.header(*name, *value);
     }
-    let req = b.body(Bytes::copy_from_slice(body)).expect("valid request");
-    let resp = wxmp::api::handle(app, Surface::All, req, "test-request").await;
+    let req = b
+        .extension(wxmp::http::RequestId("test-request".into()))
+        .body(axum::body::Body::from(Bytes::copy_from_slice(body)))
+        .expect("valid request");
+    // The router as every function and the local server build it (the app is cheap to clone:
+    // the clone shares the keeper, the store and the clients).
+    let router = wxmp::http::router(std::sync::Arc::new(app.clone()), Surface::All);
+    let resp = tower::ServiceExt::oneshot(router, req)
+        .await
+        .expect("the router never fails");
     let (parts, body) = resp.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .expect("an in-memory body");
     Reply {
         status: parts.status.as_u16(),
         headers: parts.headers,

@@ -89,11 +89,14 @@ fn error(r: &Reply) -> (u16, String, Value) {
 /// so one test can see several force refreshes without waiting WeChat's 30 s.
 fn eager_force_instance(env: &TestEnv) -> App {
     let mut app = env.build_app();
-    app.tokens = TokenKeeper::new(app.wechat.clone(), app.store.clone(), env.token_mode)
-        .with_options(KeeperOptions {
-            force_min_interval: Duration::from_millis(1),
-            ..KeeperOptions::for_mode(env.token_mode)
-        });
+    app.tokens = Arc::new(
+        TokenKeeper::new(app.wechat.clone(), app.store.clone(), env.token_mode).with_options(
+            KeeperOptions {
+                force_min_interval: Duration::from_millis(1),
+                ..KeeperOptions::for_mode(env.token_mode)
+            },
+        ),
+    );
     app
 }
 

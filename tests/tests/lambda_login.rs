@@ -289,26 +289,35 @@ async fn bad_input_is_a_400_response_not_a_function_error() {
             v2_event("POST", "/login", &json_ct, Some(&[0xff, 0xfe, 0x00]), true),
             "not valid JSON",
         ),
-        (
-            v2_event(
-                "POST",
-                "/login",
-                &json_ct,
-                Some(oversized.as_bytes()),
-                false,
-            ),
-            "larger than",
-        ),
-        (v2_event("GET", "/login", &[], None, false), "use POST"),
-        (
-            v2_event("PUT", "/session", &[], None, false),
-            "use GET, DELETE",
-        ),
     ];
     for (event, needle) in cases {
         let a = f.invoke(event).await;
         let message = a.assert_error(400, "invalid_request");
         assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    }
+    let a = f
+        .invoke(v2_event(
+            "POST",
+            "/login",
+            &json_ct,
+            Some(oversized.as_bytes()),
+            false,
+        ))
+        .await;
+    assert!(
+        a.assert_error(413, "payload_too_large")
+            .contains("larger than")
+    );
+    for (event, allow) in [
+        (v2_event("GET", "/login", &[], None, false), "POST"),
+        (v2_event("PUT", "/session", &[], None, false), "GET, DELETE"),
+        // A stray of the other function's path comes here through the $default route.
+        (v2_event("GET", "/qrcode", &[], None, false), "POST"),
+    ] {
+        let a = f.invoke(event).await;
+        let message = a.assert_error(405, "method_not_allowed");
+        assert!(message.contains(&format!("use {allow}")), "{message}");
+        assert_eq!(a.response.header("allow"), Some(allow));
     }
     // The other function's routes are not served here.
     let a = f

@@ -252,10 +252,12 @@ async fn embedded_mode_refuses_bad_requests_with_json() {
         .request("GET", "/nope", &[], Vec::new())
         .await
         .assert_error(404, "not_found");
-    server
-        .request("GET", "/login", &[], Vec::new())
-        .await
-        .assert_error(400, "invalid_request");
+    let r = server.request("GET", "/login", &[], Vec::new()).await;
+    r.assert_error(405, "method_not_allowed");
+    assert_eq!(
+        r.headers.get("allow").and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
     server
         .request("POST", "/login", &[], b"{".to_vec())
         .await
@@ -265,7 +267,7 @@ async fn embedded_mode_refuses_bad_requests_with_json() {
         let r = server
             .request("POST", "/login", &[], vec![b' '; size])
             .await;
-        r.assert_error(400, "invalid_request");
+        r.assert_error(413, "payload_too_large");
         let message = r.json()["error"]["message"].as_str().unwrap().to_string();
         assert!(message.contains("larger than 16384"), "{size}: {message}");
     }

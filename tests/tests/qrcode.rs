@@ -196,9 +196,16 @@ async fn invalid_input_is_refused_before_wechat_is_called() {
     let r = env
         .call("POST", "/qrcode", Some(&token), &vec![b'x'; 20_000])
         .await;
-    assert_eq!(r.status, 400);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (413, "payload_too_large")
+    );
     let r = env.call("GET", "/qrcode", Some(&token), b"").await;
-    assert_eq!(r.status, 400);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (405, "method_not_allowed")
+    );
+    assert_eq!(r.header("allow"), Some("POST"));
     assert_eq!(code_calls(&env), 0);
 }
 

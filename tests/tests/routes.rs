@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_yaml::Value;
 use wxmp::Surface;
-use wxmp::api::ROUTES;
+use wxmp::http::ROUTES;
 
 type Route = (String, String, &'static str);
 
@@ -123,15 +123,22 @@ async fn each_function_serves_its_routes_and_only_those() {
         _ => None,
     })
     .unwrap();
-    let app = wxmp::App::new(config, std::sync::Arc::new(wxmp::store::MemoryStore::new()));
+    let app = std::sync::Arc::new(wxmp::App::new(
+        config,
+        std::sync::Arc::new(wxmp::store::MemoryStore::new()),
+    ));
     for surface in [Surface::Sessions, Surface::Codes] {
         for (method, path, owner) in ROUTES {
             let req = http::Request::builder()
                 .method(*method)
                 .uri(*path)
-                .body(bytes::Bytes::new())
+                .body(axum::body::Body::empty())
                 .unwrap();
-            let status = wxmp::api::handle(&app, surface, req, "r").await.status();
+            let router = wxmp::http::router(app.clone(), surface);
+            let status = tower::ServiceExt::oneshot(router, req)
+                .await
+                .unwrap()
+                .status();
             // Without credentials or a body, a served route refuses with 400/401, never 404.
             if *owner == surface {
                 assert!(

@@ -59,7 +59,7 @@ impl World {
         let wechat = self.client.wechat.clone();
         App {
             config: self.client.config.clone(),
-            tokens: TokenKeeper::new(wechat.clone(), store.clone(), self.mode),
+            tokens: Arc::new(TokenKeeper::new(wechat.clone(), store.clone(), self.mode)),
             wechat,
             store,
             codes: None,

@@ -1,0 +1,112 @@
+//! The request layer: every request runs in a [`crate::scope`] (its id and deadline), is cut off
+//! just before Lambda's deadline with the contract's answer, and leaves one structured log line.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use lambda_http::RequestExt;
+
+use crate::clock::{self, Instant};
+use crate::error::{ApiError, Logged};
+use crate::scope;
+
+/// Time kept back before Lambda's deadline to send the error answer.
+const DEADLINE_MARGIN_MS: u64 = 500;
+/// Lambda's longest timeout; a deadline further away than this is not a real one.
+const MAX_LAMBDA_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+
+/// A request id given by whoever serves the router (the local server, tests); Lambda's own
+/// request id is used when there is none.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The point by which the request must be answered: Lambda's deadline less a margin. A deadline
+/// that is not a plausible epoch time in the next 15 minutes (`cargo lambda watch` sends its
+/// timeout as a duration, 600000) does not cut a request short; it is logged once.
+pub fn answer_by(deadline_ms: u64) -> Option<Instant> {
+    let now = crate::now_millis();
+    if deadline_ms <= now || deadline_ms > now + MAX_LAMBDA_TIMEOUT_MS + 60_000 {
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                deadline_ms,
+                now_ms = now,
+                "the invocation's deadline is not an epoch time within Lambda's 15 minutes; \
+                 requests are not cut short by it"
+            );
+        }
+        return None;
+    }
+    let by = deadline_ms.saturating_sub(DEADLINE_MARGIN_MS).max(now + 1);
+    Some(clock::instant_at_epoch_millis(by))
+}
+
+pub async fn request(req: Request, next: Next) -> Response {
+    let lambda = req.lambda_context_ref();
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .or_else(|| lambda.map(|c| c.request_id.clone()))
+        .unwrap_or_else(crate::ids::new_request_id);
+    let by = lambda.and_then(|c| answer_by(c.deadline));
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = clock::now();
+    let id = request_id.clone();
+    let resp = scope::run_request(request_id.clone(), by, async move {
+        let request_id = id;
+        let handled = next.run(req);
+        match by {
+            None => handled.await,
+            Some(by) => match tokio::time::timeout_at(by, handled).await {
+                Ok(resp) => resp,
+                Err(_) => {
+                    tracing::error!(
+                        request_id,
+                        "request ran out of time before the Lambda deadline"
+                    );
+                    ApiError::out_of_time(scope::slowest()).into_response()
+                }
+            },
+        }
+    })
+    .await;
+    log(&request_id, &method, &path, &resp, clock::now() - started);
+    resp
+}
+
+fn log(request_id: &str, method: &http::Method, path: &str, resp: &Response, took: Duration) {
+    let status = resp.status().as_u16();
+    let ms = took.as_secs_f64() * 1000.0;
+    match resp.extensions().get::<Logged>() {
+        None => {
+            tracing::info!(request_id, method = %method, path, status, ms, "request served")
+        }
+        Some(e) if status >= 500 => {
+            tracing::error!(request_id, method = %method, path, status, code = e.code, error = %e.detail, ms, "request failed")
+        }
+        Some(e) => {
+            tracing::info!(request_id, method = %method, path, status, code = e.code, error = %e.detail, ms, "request refused")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_plausible_deadline_counts() {
+        let now = crate::now_millis();
+        assert!(answer_by(now + 10_000).is_some());
+        assert!(answer_by(now + MAX_LAMBDA_TIMEOUT_MS).is_some());
+        // cargo lambda watch's emulator sends the timeout itself.
+        assert!(answer_by(600_000).is_none());
+        assert!(answer_by(0).is_none());
+        assert!(answer_by(now + 10 * MAX_LAMBDA_TIMEOUT_MS).is_none());
+    }
+}

@@ -1,0 +1,74 @@
+//! `POST /login`: exchanges a `wx.login` code with WeChat and opens a session.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::http::Reply;
+use crate::http::extract::JsonBody;
+use crate::ids;
+use crate::routes::types::LoginCode;
+use crate::session::key_for;
+use crate::store::SessionRecord;
+use crate::wechat::WxError;
+
+#[derive(Debug, Deserialize)]
+pub struct LoginRequest {
+    pub code: LoginCode,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoginResponse {
+    pub token: String,
+    pub expires_at: u64,
+    pub openid: String,
+    pub unionid: Option<String>,
+    pub new_user: bool,
+}
+
+pub async fn login(
+    State(app): State<Arc<App>>,
+    JsonBody(req): JsonBody<LoginRequest>,
+) -> Result<Reply<LoginResponse>, ApiError> {
+    let wx = app
+        .wechat
+        .jscode2session(req.code.as_str())
+        .await
+        .map_err(login_error)?;
+    let now = crate::now_secs();
+    let token = ids::new_session_token();
+    let record = SessionRecord {
+        openid: wx.openid,
+        unionid: wx.unionid,
+        session_key: wx.session_key,
+        created_at: now,
+        expires_at: now + app.config.session_ttl.as_secs(),
+    };
+    // The session first: if recording the user then fails, the unused session simply expires,
+    // and the next login still reports the user as new.
+    app.store.put_session(&key_for(&token), &record).await?;
+    let new_user = app
+        .store
+        .record_login(&record.openid, record.unionid.as_deref(), now)
+        .await?;
+    tracing::info!(new_user, "session opened");
+    Ok(Reply(LoginResponse {
+        token,
+        expires_at: record.expires_at,
+        openid: record.openid,
+        unionid: record.unionid,
+        new_user,
+    }))
+}
+
+fn login_error(e: WxError) -> ApiError {
+    match e.errcode() {
+        // 40029 invalid code, 40163 code already used.
+        Some(40029 | 40163) => ApiError::InvalidCode(e),
+        Some(40226) => ApiError::RiskyUser(e),
+        _ => ApiError::from_wechat(e),
+    }
+}
