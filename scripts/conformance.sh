@@ -2,8 +2,10 @@
 # API conformance: runs schemathesis (every check) against the local server with openapi.yaml,
 # logged in through the server's built-in WeChat sandbox. Exits non-zero on any failure.
 #
-# Usage: scripts/conformance.sh [extra `st run` options, e.g. --seed 1 or --max-examples 200]
-# Env: EXAMPLES (default 40) test cases per operation and phase.
+# Usage: scripts/conformance.sh [extra `st run` options, e.g. --seed 1]
+# Env: EXAMPLES (default 150): the most test cases per operation in each phase;
+#      CONFORMANCE_AWS=1: DynamoDB and the S3 code cache on a moto server instead of the
+#      embedded store and no cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -14,17 +16,26 @@ echo "== schemathesis $(python -c 'import importlib.metadata as m; print(m.versi
 echo "== cargo build -p local-server"
 cargo build -p local-server
 
+# The sandbox for WeChat whatever the caller's environment says: made-up login and phone codes
+# are what the fuzzer sends. The embedded store, or with CONFORMANCE_AWS=1 DynamoDB and the S3
+# code cache on a moto server (so `x-cache` is exercised too).
+server_env=(-u WECHAT_APPID -u WECHAT_SECRET -u WECHAT_API_BASE -u TABLE_NAME -u CODE_BUCKET)
+if [ "${CONFORMANCE_AWS:-}" = 1 ]; then
+  start_moto
+  server_env+=(TABLE_NAME=conformance-sessions CODE_BUCKET=conformance-codes
+    AWS_ENDPOINT_URL="$MOTO_ENDPOINT" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
+    AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true)
+fi
+
 port=$(free_port)
 base="http://127.0.0.1:$port"
 work=$(mktemp -d -t conformance.XXXXXX)
-# The sandbox and the embedded store whatever the caller's environment says: made-up login
-# and phone codes are what the fuzzer sends.
-env -u WECHAT_APPID -u WECHAT_SECRET -u WECHAT_API_BASE -u TABLE_NAME -u CODE_BUCKET \
-  PORT="$port" RUST_LOG=warn target/debug/local-server >"$work/server.log" 2>&1 &
+env "${server_env[@]}" PORT="$port" RUST_LOG=warn target/debug/local-server >"$work/server.log" 2>&1 &
 server_pid=$!
 stop_server() {
   kill "$server_pid" 2>/dev/null || true
   wait "$server_pid" 2>/dev/null || true
+  if [ -n "${moto_pid:-}" ]; then kill "$moto_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap stop_server EXIT
@@ -67,19 +78,65 @@ EOF
 )
 echo "== logged in (the run logs out through DELETE /session; later calls then get 401)"
 
-cmd=(st run openapi.yaml
-  --url "$base"
-  --checks all
-  --header "Authorization: Bearer $token"
-  --max-examples "${EXAMPLES:-40}"
-  --workers 2
-  --generation-database none
-  "$@")
-echo "== ${cmd[*]/$token/<token>}"
+# Run settings. WeChat itself may refuse a schema-valid code request (a page the published
+# mini-program lacks: 41030) or phone code (used or unknown: 40029): 400 with `wechat_errcode`.
+# Those two operations may answer 400 to valid data, and the hook below fails any such 400 the
+# server gave on its own (no `wechat_errcode`), so its validation is still held to the schema.
+cat >"$work/schemathesis.toml" <<'EOF'
+[[operations]]
+include-path-regex = "^/(qrcode|phone)$"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429", "5xx"]
+EOF
+cat >"$work/conformance_hooks.py" <<'EOF'
+import schemathesis
+
+
+@schemathesis.check
+def wechat_refused_valid_data(ctx, response, case):
+    """A 400 to schema-valid data must come from WeChat (carry wechat_errcode), never from the
+    server's own validation, which the schema states in full."""
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_positive or response.status_code != 400:
+        return None
+    try:
+        error = response.json()["error"]
+    except Exception:
+        error = {}
+    if "wechat_errcode" not in error:
+        raise AssertionError(
+            f"the server refused schema-valid data on its own: {error.get('message', response.text)}"
+        )
+    return None
+EOF
+
+examples=${EXAMPLES:-150}
+run() {
+  local what=$1; shift
+  local cmd=(st --config-file "$work/schemathesis.toml" run openapi.yaml
+    --url "$base"
+    --checks all
+    --header "Authorization: Bearer $token"
+    --max-examples "$examples"
+    --workers 1
+    --generation-database none
+    "$@")
+  echo "== $what: ${cmd[*]/$token/<token>}"
+  SCHEMATHESIS_HOOKS=conformance_hooks PYTHONPATH="$work${PYTHONPATH:+:$PYTHONPATH}" "${cmd[@]}"
+}
+
 status=0
-"${cmd[@]}" || status=$?
+# Pass 1: every operation but logout, with the session alive throughout, so the code and phone
+# routes answer 200s and WeChat's refusals rather than only 401s.
+run "pass 1 (logged in)" --exclude-operation-id logout "$@" || status=$?
+# Pass 2: every operation, logout included; whatever runs after it answers 401, which the
+# schema documents on every Bearer route.
+if [ "$status" -eq 0 ]; then
+  run "pass 2 (with logout)" "$@" || status=$?
+fi
 if [ "$status" -ne 0 ]; then
-  echo "== conformance FAILED (schemathesis exit $status); the server's log:" >&2
-  tail -n 50 "$work/server.log" >&2
+  echo "== conformance FAILED (schemathesis exit $status); the end of the server's log:" >&2
+  tail -n 20 "$work/server.log" >&2
+else
+  echo "== conformance passed"
 fi
 exit "$status"

@@ -73,7 +73,8 @@ pub struct Page(String);
 impl TryFrom<String> for Page {
     type Error = String;
     fn try_from(p: String) -> Result<Self, String> {
-        if p.is_empty() || p.len() > 256 {
+        // Characters, as the message (and scene's rule) says: not UTF-8 bytes.
+        if p.is_empty() || p.chars().count() > 256 {
             return Err("page must be 1 to 256 characters".into());
         }
         if p.starts_with('/') {
@@ -264,6 +265,8 @@ mod tests {
         // null is the default too
         let n = parse(json!({"scene": "a=1", "page": null, "width": null, "cache": null})).unwrap();
         assert_eq!(n.wechat_body(), r.wechat_body());
+        // 256 characters, whatever their UTF-8 length.
+        assert!(parse(json!({"scene": "a", "page": "页".repeat(256)})).is_ok());
     }
 
     #[test]
@@ -278,6 +281,7 @@ mod tests {
             (json!({"scene": "a", "page": "/pages/x"}), "page"),
             (json!({"scene": "a", "page": "pages/x?a=1"}), "page"),
             (json!({"scene": "a", "page": "x".repeat(257)}), "page"),
+            (json!({"scene": "a", "page": "页".repeat(257)}), "page"),
             (json!({"scene": "a", "page": 1}), "page"),
             (json!({"scene": "a", "width": 279}), "width"),
             (json!({"scene": "a", "width": 1281}), "width"),

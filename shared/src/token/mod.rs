@@ -14,10 +14,20 @@
 //!   WeChat hands back the very token it rejected, at most once per 30 s and 10 times per UTC day
 //!   across the fleet (WeChat allows 20 a day).
 
+mod cache;
+mod error;
+mod lease;
+mod refresh;
+
+pub use error::{GiveUp, TokenError};
+pub use refresh::RefreshReport;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use cache::MemoryCache;
 
 use crate::clock::{self, Instant};
 use crate::config::TokenMode;
@@ -26,38 +36,6 @@ use crate::scope::{self, Waiting};
 use crate::secret::Secret;
 use crate::store::{Store, StoreError, StoredToken};
 use crate::wechat::{FetchedToken, WeChatClient, WxError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    /// The call made with the token failed (route-specific meaning: a bad page, a used code...).
-    #[error(transparent)]
-    WeChat(#[from] WxError),
-    /// WeChat refused or failed to issue a token; WeChat's own answer.
-    #[error("access token fetch failed: {0}")]
-    Fetch(WxError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The keeper gave up on its own rules; WeChat said nothing that explains it.
-    #[error("no access token: {0}")]
-    GaveUp(GiveUp),
-}
-
-/// Why the keeper gave up without a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum GiveUp {
-    #[error("none could be had within {0:?}")]
-    Timeout(Duration),
-    #[error(
-        "WeChat rejected the stable token but still hands it out, and a force refresh was done \
-         less than the minimum gap ago"
-    )]
-    ForceTooSoon,
-    #[error(
-        "WeChat rejected the stable token but still hands it out, and today's force refreshes \
-         are used up"
-    )]
-    ForceCapReached,
-}
 
 #[derive(Debug, Clone)]
 pub struct KeeperOptions {
@@ -112,13 +90,6 @@ impl Default for KeeperOptions {
     }
 }
 
-#[derive(Clone)]
-struct Cached {
-    token: Secret,
-    expires_at: u64,
-    loaded: Instant,
-}
-
 /// Where a token handed to a caller came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
@@ -142,64 +113,17 @@ impl Got {
     }
 }
 
-/// What one scheduled refresh did, for its log line (never the token).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RefreshReport {
-    pub mode: &'static str,
-    pub fetched: bool,
-    pub remaining_secs: u64,
-}
-
 pub struct TokenKeeper {
     wechat: WeChatClient,
     store: Arc<dyn Store>,
     mode: TokenMode,
     key: String,
     opts: KeeperOptions,
-    cache: Mutex<Option<Cached>>,
+    cache: MemoryCache,
     /// Single flight inside this instance: concurrent misses queue here, not at DynamoDB.
     flight: tokio::sync::Mutex<()>,
     /// When each kind of give-up was last logged (at most one line a minute each).
     give_up_logged: Mutex<HashMap<&'static str, Instant>>,
-}
-
-/// A lease this caller holds. Dropped without [`Lease::release`] (the request was cancelled,
-/// say by the Lambda deadline), it is released in the background, so the next caller need not
-/// wait for it to run out.
-struct Lease {
-    store: Arc<dyn Store>,
-    name: String,
-    holder: String,
-    released: bool,
-}
-
-impl Lease {
-    async fn release(mut self) {
-        let released = self.store.release_lease(&self.name, &self.holder).await;
-        // Only now: a release cut off midway is made again from `drop`.
-        self.released = true;
-        if let Err(e) = released {
-            tracing::warn!(error = %e, "could not release the token lease");
-        }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let (store, name, holder) = (
-                self.store.clone(),
-                std::mem::take(&mut self.name),
-                std::mem::take(&mut self.holder),
-            );
-            rt.spawn(async move {
-                let _ = store.release_lease(&name, &holder).await;
-            });
-        }
-    }
 }
 
 impl TokenKeeper {
@@ -211,7 +135,7 @@ impl TokenKeeper {
             mode,
             key,
             opts: KeeperOptions::for_mode(mode),
-            cache: Mutex::new(None),
+            cache: MemoryCache::default(),
             flight: tokio::sync::Mutex::new(()),
             give_up_logged: Mutex::new(HashMap::new()),
         }
@@ -275,26 +199,15 @@ impl TokenKeeper {
     }
 
     fn memory(&self) -> Option<Secret> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache
-            .as_ref()
-            .filter(|c| c.loaded.elapsed() < self.opts.memory_max_age && self.usable(c.expires_at))
-            .map(|c| c.token.clone())
+        self.cache.get(self.opts.memory_max_age, |e| self.usable(e))
     }
 
     fn remember(&self, token: &Secret, expires_at: u64) {
-        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(Cached {
-            token: token.clone(),
-            expires_at,
-            loaded: clock::now(),
-        });
+        self.cache.remember(token, expires_at);
     }
 
     fn forget(&self, token: &Secret) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.as_ref().is_some_and(|c| &c.token == token) {
-            *cache = None;
-        }
+        self.cache.forget(token);
     }
 
     fn usable(&self, expires_at: u64) -> bool {
@@ -352,56 +265,16 @@ impl TokenKeeper {
         }
     }
 
-    /// Runs `work` holding the fleet-wide fetch lease, renewed while `work` runs, if the lease
-    /// can be taken now; `None` if another caller holds it.
-    ///
-    /// Each take uses a fresh holder id, so a stale release by an earlier take of this same
-    /// instance can never end a newer one.
+    /// Runs `work` holding the fleet-wide fetch lease (see [`lease::hold`]); `None` if another
+    /// caller holds it.
     async fn under_lease<T>(&self, work: impl Future<Output = T>) -> Result<Option<T>, StoreError> {
-        let name = format!("fetch#{}", self.key);
-        let holder = ids::new_request_id();
-        let ttl = self.opts.lease_ttl.as_millis() as u64;
-        if !self
-            .store
-            .try_lease(&name, &holder, crate::now_millis(), ttl)
-            .await?
-        {
-            return Ok(None);
-        }
-        let lease = Lease {
-            store: self.store.clone(),
-            name,
-            holder,
-            released: false,
-        };
-        let renew = async {
-            loop {
-                clock::sleep(self.opts.lease_ttl / 3).await;
-                let renewed = self
-                    .store
-                    .renew_lease(&lease.name, &lease.holder, crate::now_millis(), ttl)
-                    .await;
-                match renewed {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(
-                            mode = self.mode.as_str(),
-                            "the token lease ran out while fetching (a stalled instance?)"
-                        );
-                        std::future::pending::<()>().await;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "could not renew the token lease"),
-                }
-            }
-        };
-        let out = tokio::select! {
-            biased;
-            out = work => out,
-            () = renew => unreachable!("renewing never ends"),
-        };
-        // On failure too: the next caller may try at once instead of waiting it out.
-        lease.release().await;
-        Ok(Some(out))
+        lease::hold(
+            &self.store,
+            format!("fetch#{}", self.key),
+            self.opts.lease_ttl,
+            work,
+        )
+        .await
     }
 
     /// With the fetch lease: look once more, then fetch. The previous holder may have written a
@@ -570,46 +443,6 @@ impl TokenKeeper {
     async fn replace_rejected(&self, failed: &Secret) -> Result<Got, TokenError> {
         self.forget(failed);
         self.fetch_once(Some(failed)).await
-    }
-
-    /// The scheduled refresh (EventBridge every `interval`): makes sure the shared token outlives
-    /// two more runs. Stable mode simply asks each run (normal mode is idempotent and cheap).
-    pub async fn refresh_scheduled(&self, interval: Duration) -> Result<RefreshReport, TokenError> {
-        let horizon = 2 * interval.as_secs() + self.opts.min_remaining.as_secs();
-        let needs = |t: &Option<StoredToken>| match (t, self.mode) {
-            (_, TokenMode::Stable) | (None, _) => true,
-            (Some(t), TokenMode::Legacy) => t.expires_at <= crate::now_secs() + horizon,
-        };
-        let current = self.store.get_token(&self.key).await?;
-        let (fetched, expires_at) = if !needs(&current) {
-            (false, current.map_or(0, |t| t.expires_at))
-        } else {
-            let work = async {
-                // A request may have fetched between our read and our lease: in legacy mode a
-                // second fetch would only cut the token everyone just picked up.
-                let again = self.store.get_token(&self.key).await?;
-                if !needs(&again) {
-                    return Ok((false, again.map_or(0, |t| t.expires_at)));
-                }
-                let (t, ours) = self.fetch_and_store(None).await?;
-                Ok::<_, TokenError>((ours, t.expires_at))
-            };
-            match self.under_lease(work).await? {
-                Some(done) => done?,
-                // A request is fetching right now; its result is as good as ours.
-                None => (false, self.token().await.map(|_| self.cached_expiry())?),
-            }
-        };
-        Ok(RefreshReport {
-            mode: self.mode.as_str(),
-            fetched,
-            remaining_secs: expires_at.saturating_sub(crate::now_secs()),
-        })
-    }
-
-    fn cached_expiry(&self) -> u64 {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.as_ref().map(|c| c.expires_at).unwrap_or(0)
     }
 }
 
