@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 ensure_venv cfnlint 'cfn-lint>=1.30,<2'
+# cargo lambda watch, for the test that drives the functions through it.
+if ! [ -x .venv/bin/cargo-lambda ]; then
+  echo "== installing cargo-lambda into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check 'cargo-lambda>=1.8,<2'
+fi
 echo "== cfn-lint template.yaml"
 cfn-lint template.yaml
 

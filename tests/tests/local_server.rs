@@ -336,3 +336,56 @@ async fn a_bad_port_is_reported() {
         .expect_err("it must not start");
     assert!(out.contains("PORT must be a port number"), "{out}");
 }
+
+#[tokio::test]
+async fn half_of_the_wechat_credentials_is_refused_not_taken_for_the_sandbox() {
+    for (set, missing) in [
+        ("WECHAT_APPID", "WECHAT_SECRET"),
+        ("WECHAT_SECRET", "WECHAT_APPID"),
+    ] {
+        let vars = [(set.to_string(), "wx0123456789".to_string())];
+        let mut server = LocalServer::spawn(&free_port().to_string(), &vars);
+        let out = server
+            .wait_until_ready()
+            .await
+            .expect_err("it must not start");
+        assert!(out.contains(&format!("{missing} is required")), "{out}");
+    }
+}
+
+#[tokio::test]
+async fn a_closed_stdout_does_not_stop_the_server() {
+    // GIVEN the server's stdout closed from the start (as when piped into `head`)
+    let port = free_port();
+    let mut child = tokio::process::Command::new(binary_path("local-server"))
+        .env_clear()
+        .env("PORT", port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn local-server");
+    drop(child.stdout.take());
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(format!("{base}/session")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "never listened");
+        assert!(child.try_wait().unwrap().is_none(), "it stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // WHEN requests come (each writes a log line to the closed stdout)
+    for i in 0..5 {
+        let r = http
+            .post(format!("{base}/login"))
+            .body(format!(r#"{{"code":"head.{i}"}}"#))
+            .send()
+            .await
+            .expect("answered");
+        // THEN each is served, and the server goes on
+        assert_eq!(r.status(), 200);
+    }
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+}
