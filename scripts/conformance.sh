@@ -9,8 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+root=$(pwd)
 
-ensure_venv schemathesis 'schemathesis>=4.32,<5'
+ensure_venv schemathesis 'schemathesis>=4.32.5,<4.33'
 echo "== schemathesis $(python -c 'import importlib.metadata as m; print(m.version("schemathesis"))')"
 
 echo "== cargo build -p local-server"
@@ -36,7 +37,8 @@ stop_server() {
   kill "$server_pid" 2>/dev/null || true
   wait "$server_pid" 2>/dev/null || true
   if [ -n "${moto_pid:-}" ]; then kill "$moto_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
+  # Kept after a failure: schemathesis's crash cache there is what `st replay` reads.
+  if [ "${status:-1}" -eq 0 ]; then rm -rf "$work"; fi
 }
 trap stop_server EXIT
 
@@ -112,7 +114,7 @@ EOF
 examples=${EXAMPLES:-150}
 run() {
   local what=$1; shift
-  local cmd=(st --config-file "$work/schemathesis.toml" run openapi.yaml
+  local cmd=(st --config-file "$work/schemathesis.toml" run "$root/openapi.yaml"
     --url "$base"
     --checks all
     --header "Authorization: Bearer $token"
@@ -121,7 +123,9 @@ run() {
     --generation-database none
     "$@")
   echo "== $what: ${cmd[*]/$token/<token>}"
-  SCHEMATHESIS_HOOKS=conformance_hooks PYTHONPATH="$work${PYTHONPATH:+:$PYTHONPATH}" "${cmd[@]}"
+  # From the work directory: schemathesis and Hypothesis keep their caches in the current one.
+  (cd "$work" && SCHEMATHESIS_HOOKS=conformance_hooks PYTHONPATH="$work${PYTHONPATH:+:$PYTHONPATH}" \
+    "${cmd[@]}")
 }
 
 status=0
@@ -136,6 +140,7 @@ fi
 if [ "$status" -ne 0 ]; then
   echo "== conformance FAILED (schemathesis exit $status); the end of the server's log:" >&2
   tail -n 20 "$work/server.log" >&2
+  echo "== to replay a failure: cd $work && st replay <Test Case ID>" >&2
 else
   echo "== conformance passed"
 fi

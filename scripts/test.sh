@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (moto's server, cfn-lint) into .venv, starts a
-# moto server (DynamoDB and S3 wire protocol) for the run, lints the template, then runs every
-# test of the workspace. Usage: scripts/test.sh [extra cargo test args]
+# The test command: installs what the tests need (moto's server, cfn-lint, cargo-lambda,
+# schemathesis) into .venv, starts a moto server (DynamoDB and S3 wire protocol) for the run, lints
+# the template, runs every test of the workspace, then drives the local server with schemathesis
+# against openapi.yaml. Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -20,3 +21,6 @@ echo "== cargo test"
 # Build every binary first: the end-to-end tests run the real function binaries.
 cargo build --workspace --bins
 cargo test --workspace "$@"
+
+echo "== API conformance (schemathesis on openapi.yaml against the local server)"
+bash scripts/conformance.sh
