@@ -65,6 +65,27 @@ impl Reply {
     }
 }
 
+/// The token endpoint of `mode`.
+pub fn token_path(mode: TokenMode) -> &'static str {
+    match mode {
+        TokenMode::Stable => "/cgi-bin/stable_token",
+        TokenMode::Legacy => "/cgi-bin/token",
+    }
+}
+
+/// Logs the user of a sandbox login `code` in through `app`; returns the session token.
+pub async fn login_with_code(app: &App, code: &str) -> String {
+    let body = serde_json::json!({ "code": code }).to_string();
+    let r = call_app(app, "POST", "/login", None, body.as_bytes()).await;
+    assert_eq!(
+        r.status,
+        200,
+        "login failed: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    r.json()["token"].as_str().unwrap().to_string()
+}
+
 impl TestEnv {
     pub async fn new() -> Self {
         Self::with(Options::default()).await
@@ -98,8 +119,25 @@ impl TestEnv {
         }
     }
 
+    /// A world in token `mode`, its sandbox configured by `edit`.
+    pub async fn with_mode(mode: TokenMode, edit: impl FnOnce(&mut SandboxConfig)) -> Self {
+        let mut sandbox = SandboxConfig::default();
+        edit(&mut sandbox);
+        Self::with(Options {
+            sandbox,
+            token_mode: mode,
+            ..Default::default()
+        })
+        .await
+    }
+
     pub fn sandbox(&self) -> &Sandbox {
         &self.wechat.sandbox
+    }
+
+    /// Calls the sandbox has seen to `path`, failed ones included.
+    pub fn calls(&self, path: &str) -> u64 {
+        self.sandbox().stats().calls.get(path).copied().unwrap_or(0)
     }
 
     /// Configuration as the function binaries read it from their environment.

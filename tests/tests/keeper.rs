@@ -7,11 +7,12 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2e::{Options, Reply, TestEnv, call_app, moto};
+use e2e::env::{login_with_code, token_path};
+use e2e::{Reply, TestEnv, call_app, moto};
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
-use wechat_sandbox::{Faults, PhoneSpec, SandboxConfig};
+use wechat_sandbox::{Faults, PhoneSpec};
 use wxmp::App;
 use wxmp::config::TokenMode;
 use wxmp::secret::Secret;
@@ -21,42 +22,6 @@ use wxmp::token::{KeeperOptions, TokenKeeper};
 const CODE_PATH: &str = "/wxa/getwxacodeunlimit";
 const PHONE_PATH: &str = "/wxa/business/getuserphonenumber";
 const MODES: [TokenMode; 2] = [TokenMode::Stable, TokenMode::Legacy];
-
-fn token_path(mode: TokenMode) -> &'static str {
-    match mode {
-        TokenMode::Stable => "/cgi-bin/stable_token",
-        TokenMode::Legacy => "/cgi-bin/token",
-    }
-}
-
-async fn env_with(mode: TokenMode, edit: impl FnOnce(&mut SandboxConfig)) -> TestEnv {
-    let mut sandbox = SandboxConfig::default();
-    edit(&mut sandbox);
-    TestEnv::with(Options {
-        sandbox,
-        token_mode: mode,
-        ..Default::default()
-    })
-    .await
-}
-
-fn calls(env: &TestEnv, path: &str) -> u64 {
-    env.sandbox().stats().calls.get(path).copied().unwrap_or(0)
-}
-
-async fn login(env: &TestEnv, app: &App, user: &str) -> String {
-    let code = env.sandbox().mint_login_code(user);
-    let r = call_app(
-        app,
-        "POST",
-        "/login",
-        None,
-        json!({ "code": code }).to_string().as_bytes(),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
-    r.json()["token"].as_str().unwrap().to_string()
-}
 
 async fn qrcode(app: &App, bearer: &str, scene: &str) -> Reply {
     let body = json!({ "scene": scene, "width": 280 }).to_string();
@@ -147,9 +112,9 @@ impl Write for LogWriter {
 async fn every_token_dying_at_once_fails_no_request_and_costs_one_fetch() {
     // GIVEN legacy mode and four instances on one table, each holding a different token in
     // memory, as warm instances do for up to memory_max_age after the shared one was replaced
-    let env = env_with(TokenMode::Legacy, |_| {}).await;
+    let env = TestEnv::with_mode(TokenMode::Legacy, |_| {}).await;
     let instances: Vec<Arc<App>> = (0..4).map(|_| Arc::new(env.build_app())).collect();
-    let bearer = login(&env, &instances[0], "mass").await;
+    let bearer = login_with_code(&instances[0], &env.sandbox().mint_login_code("mass")).await;
     let mut held: Vec<Secret> = Vec::new();
     for app in &instances {
         if let Some(previous) = held.last() {
@@ -191,8 +156,8 @@ async fn every_token_dying_at_once_fails_no_request_and_costs_one_fetch() {
         "{} of 60 failed: {failed:?}",
         failed.len()
     );
-    let fetches = calls(&env, "/cgi-bin/token");
-    let code_calls = calls(&env, CODE_PATH);
+    let fetches = env.calls("/cgi-bin/token");
+    let code_calls = env.calls(CODE_PATH);
     println!(
         "mass invalidation: 60 requests on 4 instances -> {fetches} fetch, {code_calls} code calls"
     );
@@ -215,9 +180,9 @@ async fn a_retry_token_from_the_table_that_wechat_rejects_too_is_replaced_once_m
         // GIVEN an instance holding one token in memory, and the table holding another (fetched
         // by a second instance after the first was replaced) that WeChat will reject as well:
         // its first call and the retry both answer 40001
-        let env = env_with(mode, |_| {}).await;
+        let env = TestEnv::with_mode(mode, |_| {}).await;
         let (app, other) = (env.build_app(), env.build_app());
-        let bearer = login(&env, &app, "twice").await;
+        let bearer = login_with_code(&app, &env.sandbox().mint_login_code("twice")).await;
         assert!(is_png(&qrcode(&app, &bearer, "warm").await));
         let held = app.tokens.token().await.unwrap();
         match mode {
@@ -240,14 +205,14 @@ async fn a_retry_token_from_the_table_that_wechat_rejects_too_is_replaced_once_m
 
         // THEN the third call, with a token fetched for it through the lease, succeeds
         assert!(is_png(&r), "{}: {:?}", mode.as_str(), error(&r));
-        assert_eq!(calls(&env, CODE_PATH), 3, "{}", mode.as_str());
+        assert_eq!(env.calls(CODE_PATH), 3, "{}", mode.as_str());
         // (stable: a normal call handed back the rejected token, so one force refresh)
         let token_calls = match mode {
             TokenMode::Legacy => 1,
             TokenMode::Stable => 2,
         };
         assert_eq!(
-            calls(&env, token_path(mode)),
+            env.calls(token_path(mode)),
             token_calls,
             "{}",
             mode.as_str()
@@ -267,7 +232,7 @@ async fn a_retry_token_from_the_table_that_wechat_rejects_too_is_replaced_once_m
         let app = eager_force_instance(&env);
         let r = qrcode(&app, &bearer, "y").await;
         assert_eq!(r.status, 503, "{}", mode.as_str());
-        assert!(calls(&env, CODE_PATH) <= 3, "{}", calls(&env, CODE_PATH));
+        assert!(env.calls(CODE_PATH) <= 3, "{}", env.calls(CODE_PATH));
     }
 }
 
@@ -279,8 +244,8 @@ async fn a_token_fetch_refused_with_40001_is_a_configuration_error_not_a_retry()
     for mode in MODES {
         // GIVEN WeChat refusing to issue tokens with 40001 (on the token endpoints: a wrong
         // AppSecret)
-        let env = env_with(mode, |_| {}).await;
-        let bearer = login(&env, &env.app, "cfg").await;
+        let env = TestEnv::with_mode(mode, |_| {}).await;
+        let bearer = login_with_code(&env.app, &env.sandbox().mint_login_code("cfg")).await;
         env.script(token_path(mode), 40001, 10);
 
         // WHEN a code is asked for
@@ -293,8 +258,8 @@ async fn a_token_fetch_refused_with_40001_is_a_configuration_error_not_a_retry()
             "{}",
             mode.as_str()
         );
-        assert_eq!(calls(&env, token_path(mode)), 1, "{}", mode.as_str());
-        assert_eq!(calls(&env, CODE_PATH), 0);
+        assert_eq!(env.calls(token_path(mode)), 1, "{}", mode.as_str());
+        assert_eq!(env.calls(CODE_PATH), 0);
     }
 }
 
@@ -302,9 +267,9 @@ async fn a_token_fetch_refused_with_40001_is_a_configuration_error_not_a_retry()
 async fn the_daily_force_cap_holds_under_a_persistent_rejection_and_logs_once_a_minute() {
     // GIVEN stable mode and a WeChat that rejects every code call with 40001 while handing out
     // the same token in normal mode, with the 30 s gap between force refreshes lifted
-    let env = env_with(TokenMode::Stable, |c| c.force_min_interval_secs = 0).await;
+    let env = TestEnv::with_mode(TokenMode::Stable, |c| c.force_min_interval_secs = 0).await;
     let app = eager_force_instance(&env);
-    let bearer = login(&env, &app, "persistent").await;
+    let bearer = login_with_code(&app, &env.sandbox().mint_login_code("persistent")).await;
     assert!(is_png(&qrcode(&app, &bearer, "warm").await));
     env.script(CODE_PATH, 40001, 10_000);
     let (logs, _guard) = LogCapture::start();
@@ -343,8 +308,8 @@ async fn the_daily_force_cap_holds_under_a_persistent_rejection_and_logs_once_a_
 async fn a_force_refresh_whose_answer_is_lost_is_not_sent_again() {
     // GIVEN stable mode, a token WeChat rejects but still hands out, and a gateway that will lose
     // WeChat's answer to the force refresh (the refresh itself happens)
-    let env = env_with(TokenMode::Stable, |_| {}).await;
-    let bearer = login(&env, &env.app, "lost").await;
+    let env = TestEnv::with_mode(TokenMode::Stable, |_| {}).await;
+    let bearer = login_with_code(&env.app, &env.sandbox().mint_login_code("lost")).await;
     assert!(is_png(&qrcode(&env.app, &bearer, "warm").await));
     env.sandbox().reset_stats();
     env.sandbox().set_faults(Faults {
@@ -367,7 +332,7 @@ async fn a_force_refresh_whose_answer_is_lost_is_not_sent_again() {
     // THEN the force refresh was sent once (a normal call, then the force), the request failed
     // as unavailable, and WeChat did refresh
     assert_eq!(error(&r).0, 503);
-    assert_eq!(calls(&env, "/cgi-bin/stable_token"), 2);
+    assert_eq!(env.calls("/cgi-bin/stable_token"), 2);
     assert_eq!(env.sandbox().stats().force_refreshes, 1);
 
     // AND the next request picks up the token WeChat issued by that refresh, without forcing
@@ -382,9 +347,9 @@ async fn a_force_refresh_whose_answer_is_lost_is_not_sent_again() {
 #[tokio::test]
 async fn phone_follows_the_retry_rule() {
     for mode in MODES {
-        let env = env_with(mode, |c| c.force_min_interval_secs = 0).await;
+        let env = TestEnv::with_mode(mode, |c| c.force_min_interval_secs = 0).await;
         let app = eager_force_instance(&env);
-        let bearer = login(&env, &app, "ph").await;
+        let bearer = login_with_code(&app, &env.sandbox().mint_login_code("ph")).await;
         assert_eq!(phone(&env, &app, &bearer).await.status, 200);
 
         // GIVEN WeChat rejects the token once: refreshed, called again, the number comes back
@@ -393,7 +358,7 @@ async fn phone_follows_the_retry_rule() {
         let r = phone(&env, &app, &bearer).await;
         assert_eq!(r.status, 200, "{}: {:?}", mode.as_str(), error(&r));
         assert_eq!(r.json()["pure_phone_number"], "13800138000");
-        assert_eq!(calls(&env, PHONE_PATH), 2);
+        assert_eq!(env.calls(PHONE_PATH), 2);
 
         // GIVEN WeChat rejects even a token fetched for this request: no loop, 503
         env.sandbox().reset_stats();
@@ -405,14 +370,14 @@ async fn phone_follows_the_retry_rule() {
             "{}",
             mode.as_str()
         );
-        assert_eq!(calls(&env, PHONE_PATH), 2, "{}", mode.as_str());
+        assert_eq!(env.calls(PHONE_PATH), 2, "{}", mode.as_str());
     }
 }
 
 #[tokio::test]
 async fn codes_and_phone_answer_503_store_unavailable_when_dynamodb_is_down() {
-    let env = env_with(TokenMode::Stable, |_| {}).await;
-    let bearer = login(&env, &env.app, "down").await;
+    let env = TestEnv::with_mode(TokenMode::Stable, |_| {}).await;
+    let bearer = login_with_code(&env.app, &env.sandbox().mint_login_code("down")).await;
     // GIVEN an instance whose DynamoDB does not answer (nothing listens on its endpoint)
     let dead = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -432,7 +397,7 @@ async fn codes_and_phone_answer_503_store_unavailable_when_dynamodb_is_down() {
     assert_eq!(error(&r), (503, "store_unavailable".into(), Value::Null));
     let r = phone(&env, &app, &bearer).await;
     assert_eq!(error(&r), (503, "store_unavailable".into(), Value::Null));
-    assert_eq!(calls(&env, CODE_PATH) + calls(&env, PHONE_PATH), 0);
+    assert_eq!(env.calls(CODE_PATH) + env.calls(PHONE_PATH), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -443,7 +408,7 @@ async fn a_fetch_slower_than_the_lease_keeps_its_lease_and_nobody_fetches_twice(
     for mode in MODES {
         // GIVEN a WeChat that takes 4 s to issue a token (longer than the 3 s lease, as the force
         // path can be), and two cold instances
-        let env = env_with(mode, |_| {}).await;
+        let env = TestEnv::with_mode(mode, |_| {}).await;
         let (a, b) = (Arc::new(env.build_app()), Arc::new(env.build_app()));
         env.sandbox().set_faults(Faults {
             latency_ms: 4000,
@@ -461,14 +426,14 @@ async fn a_fetch_slower_than_the_lease_keeps_its_lease_and_nobody_fetches_twice(
         // THEN the holder renewed its lease while WeChat was slow: one fetch, one token
         let first = first.await.unwrap().expect("fetched");
         assert_eq!(first, second, "{}", mode.as_str());
-        assert_eq!(calls(&env, token_path(mode)), 1, "{}", mode.as_str());
+        assert_eq!(env.calls(token_path(mode)), 1, "{}", mode.as_str());
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_cancelled_by_the_deadline_releases_its_lease() {
     // GIVEN a WeChat that hangs for 10 s, and a request whose deadline comes after 1 s
-    let env = env_with(TokenMode::Stable, |_| {}).await;
+    let env = TestEnv::with_mode(TokenMode::Stable, |_| {}).await;
     env.sandbox().set_faults(Faults {
         latency_ms: 10_000,
         ..Default::default()

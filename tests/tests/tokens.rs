@@ -10,11 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e::{FunctionProcess, Options, RuntimeApi, TestEnv, binary_path};
+use e2e::env::token_path;
+use e2e::{FunctionProcess, RuntimeApi, TestEnv, binary_path};
 use serde_json::{Value, json};
 use tokio::sync::{Barrier, Semaphore};
 use tokio::task::JoinSet;
-use wechat_sandbox::{Faults, Sandbox, SandboxConfig};
+use wechat_sandbox::{Faults, Sandbox};
 use wxmp::App;
 use wxmp::config::TokenMode;
 use wxmp::error::ApiError;
@@ -27,31 +28,9 @@ use wxmp::token::{GiveUp, KeeperOptions, TokenError, TokenKeeper};
 const CODE_PATH: &str = "/wxa/getwxacodeunlimit";
 const MODES: [TokenMode; 2] = [TokenMode::Stable, TokenMode::Legacy];
 
-fn token_path(mode: TokenMode) -> &'static str {
-    match mode {
-        TokenMode::Stable => "/cgi-bin/stable_token",
-        TokenMode::Legacy => "/cgi-bin/token",
-    }
-}
-
-async fn env_with(mode: TokenMode, edit: impl FnOnce(&mut SandboxConfig)) -> TestEnv {
-    let mut sandbox = SandboxConfig::default();
-    edit(&mut sandbox);
-    TestEnv::with(Options {
-        sandbox,
-        token_mode: mode,
-        ..Default::default()
-    })
-    .await
-}
-
-fn calls(env: &TestEnv, path: &str) -> u64 {
-    env.sandbox().stats().calls.get(path).copied().unwrap_or(0)
-}
-
 /// Calls to the token path of the env's mode, failed ones included.
 fn fetch_calls(env: &TestEnv) -> u64 {
-    calls(env, token_path(env.token_mode))
+    env.calls(token_path(env.token_mode))
 }
 
 /// New tokens WeChat issued in the env's mode (a stable call handing back the current one is no
@@ -111,7 +90,7 @@ async fn run_all(requests: Vec<(Arc<App>, Option<Arc<Barrier>>)>) -> Vec<Result<
 
 async fn stampede(mode: TokenMode) {
     // GIVEN an empty table and 50 instances, none of which has a token
-    let env = env_with(mode, |_| {}).await;
+    let env = TestEnv::with_mode(mode, |_| {}).await;
     let barrier = Arc::new(Barrier::new(50));
     let requests = (0..50)
         .map(|_| (Arc::new(env.build_app()), Some(barrier.clone())))
@@ -134,7 +113,7 @@ async fn stampede(mode: TokenMode) {
     );
     assert_eq!(fetches, 1, "one token fetch for the whole fleet");
     assert_eq!(issued(&env), 1);
-    assert_eq!(calls(&env, CODE_PATH), 50, "no request was rejected");
+    assert_eq!(env.calls(CODE_PATH), 50, "no request was rejected");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -178,7 +157,7 @@ async fn chaos(mode: TokenMode) {
     const PER_PHASE: usize = 80;
     // GIVEN five instances, a WeChat answering -1 to every 10th call, and a legacy overlap of 0 so
     // a third-party refresh really kills our legacy token
-    let env = env_with(mode, |c| c.legacy_overlap_secs = 0).await;
+    let env = TestEnv::with_mode(mode, |c| c.legacy_overlap_secs = 0).await;
     let instances: Vec<Arc<App>> = (0..INSTANCES)
         .map(|_| Arc::new(chaos_instance(&env)))
         .collect();
@@ -239,7 +218,7 @@ async fn chaos(mode: TokenMode) {
         failures.len(),
         fetch_calls(&env),
         token_path(mode),
-        calls(&env, CODE_PATH),
+        env.calls(CODE_PATH),
         stats.force_refreshes,
     );
     assert_eq!(total, 320);
@@ -287,7 +266,7 @@ async fn without_the_refresher_an_expired_token_is_fetched_on_a_miss() {
         // left counts as expired: 30 s stable, 90 s legacy), which is inside the stable renewal
         // window (margin + 2 s here, 300 s at WeChat), as with WeChat's real 7200 s tokens
         let margin = KeeperOptions::for_mode(mode).min_remaining.as_secs();
-        let env = env_with(mode, |c| {
+        let env = TestEnv::with_mode(mode, |c| {
             c.token_ttl_secs = margin + 3;
             c.stable_renew_window_secs = margin + 2;
         })
@@ -314,12 +293,7 @@ async fn without_the_refresher_an_expired_token_is_fetched_on_a_miss() {
             assert_eq!(r.as_ref().ok(), Some(&second), "{}: {r:?}", mode.as_str());
         }
         assert_eq!(fetch_calls(&env), 2, "{}", mode.as_str());
-        assert_eq!(
-            calls(&env, CODE_PATH),
-            10,
-            "{}: no rejection",
-            mode.as_str()
-        );
+        assert_eq!(env.calls(CODE_PATH), 10, "{}: no rejection", mode.as_str());
     }
 }
 
@@ -327,7 +301,7 @@ async fn without_the_refresher_an_expired_token_is_fetched_on_a_miss() {
 async fn a_token_past_its_lifetime_at_wechat_is_replaced_after_one_rejection() {
     for mode in MODES {
         // GIVEN a token in use
-        let env = env_with(mode, |_| {}).await;
+        let env = TestEnv::with_mode(mode, |_| {}).await;
         let apps: Vec<App> = (0..3).map(|_| env.build_app()).collect();
         let first = request(&apps[0]).await.expect("first request");
 
@@ -342,7 +316,7 @@ async fn a_token_past_its_lifetime_at_wechat_is_replaced_after_one_rejection() {
             assert_eq!(request(app).await.expect("other instance"), second);
         }
         assert_eq!(fetch_calls(&env), 2, "{}", mode.as_str());
-        assert_eq!(calls(&env, CODE_PATH), 5, "{}", mode.as_str());
+        assert_eq!(env.calls(CODE_PATH), 5, "{}", mode.as_str());
     }
 }
 
@@ -353,14 +327,14 @@ async fn a_token_past_its_lifetime_at_wechat_is_replaced_after_one_rejection() {
 async fn a_rejected_token_is_retried_once_not_in_a_loop() {
     for mode in MODES {
         // GIVEN WeChat rejecting the token twice in a row
-        let env = env_with(mode, |_| {}).await;
+        let env = TestEnv::with_mode(mode, |_| {}).await;
         env.script(CODE_PATH, 40001, 2);
 
         // WHEN a request needs a token
         let err = request(&env.app).await.expect_err("rejected twice");
 
         // THEN it gave up after one retry, as 503 wechat_unavailable
-        assert_eq!(calls(&env, CODE_PATH), 2, "{}", mode.as_str());
+        assert_eq!(env.calls(CODE_PATH), 2, "{}", mode.as_str());
         let api = ApiError::from(err);
         assert_eq!(api.status(), 503, "{}", mode.as_str());
         assert_eq!(api.code(), "wechat_unavailable");
@@ -376,13 +350,13 @@ async fn a_rejected_token_is_retried_once_not_in_a_loop() {
         }
 
         // AND with a single rejection the retry succeeds with a new token
-        let env = env_with(mode, |_| {}).await;
+        let env = TestEnv::with_mode(mode, |_| {}).await;
         let first = request(&env.app).await.expect("first request");
         env.script(CODE_PATH, 40001, 1);
         let second = request(&env.app).await.expect("retried once");
         assert_ne!(second, first);
         assert_eq!(stored(&env).await.token, second);
-        assert_eq!(calls(&env, CODE_PATH), 3, "{}", mode.as_str());
+        assert_eq!(env.calls(CODE_PATH), 3, "{}", mode.as_str());
     }
 }
 
@@ -390,7 +364,7 @@ async fn a_rejected_token_is_retried_once_not_in_a_loop() {
 async fn a_rejected_token_already_replaced_in_the_table_is_neither_dropped_nor_fetched_again() {
     // GIVEN legacy mode with no overlap, a warm instance, and the refresher (another instance)
     // fetching a new token, which kills the warm instance's one at once
-    let env = env_with(TokenMode::Legacy, |c| c.legacy_overlap_secs = 0).await;
+    let env = TestEnv::with_mode(TokenMode::Legacy, |c| c.legacy_overlap_secs = 0).await;
     let warm = env.build_app();
     let old = request(&warm).await.expect("first request");
     let refresher = env.build_app();
@@ -412,13 +386,13 @@ async fn a_rejected_token_already_replaced_in_the_table_is_neither_dropped_nor_f
     assert_eq!(used, new);
     assert_eq!(fetch_calls(&env), 2, "the first fetch and the refresher's");
     assert_eq!(stored(&env).await.token, new);
-    assert_eq!(calls(&env, CODE_PATH), 3);
+    assert_eq!(env.calls(CODE_PATH), 3);
 }
 
 #[tokio::test]
 async fn force_refresh_happens_at_most_once_per_30_s_across_instances() {
     // GIVEN three stable-mode instances sharing a token
-    let env = env_with(TokenMode::Stable, |_| {}).await;
+    let env = TestEnv::with_mode(TokenMode::Stable, |_| {}).await;
     let apps: Vec<App> = (0..3).map(|_| env.build_app()).collect();
     let t1 = request(&apps[0]).await.expect("first request");
 
@@ -453,7 +427,7 @@ async fn force_refresh_happens_at_most_once_per_30_s_across_instances() {
 #[tokio::test]
 async fn force_refresh_is_allowed_again_after_the_minimum_gap() {
     // GIVEN a keeper whose force gap is 2 s (WeChat's is 30 s; the sandbox's set to 1 s)
-    let env = env_with(TokenMode::Stable, |c| c.force_min_interval_secs = 1).await;
+    let env = TestEnv::with_mode(TokenMode::Stable, |c| c.force_min_interval_secs = 1).await;
     let keeper = TokenKeeper::new(
         env.app.wechat.clone(),
         env.app.store.clone(),
@@ -484,7 +458,7 @@ async fn force_refresh_is_allowed_again_after_the_minimum_gap() {
 #[tokio::test]
 async fn token_fetch_errors_that_retrying_cannot_fix_are_not_retried() {
     for mode in MODES {
-        let env = env_with(mode, |_| {}).await;
+        let env = TestEnv::with_mode(mode, |_| {}).await;
         let path = token_path(mode);
         // Quota (45009 daily, 45011 per minute) and configuration errors (appid, secret, IP
         // allow-list, frozen secret): one call each, then the request fails.
@@ -508,7 +482,7 @@ async fn token_fetch_errors_that_retrying_cannot_fix_are_not_retried() {
                 mode.as_str()
             );
         }
-        assert_eq!(calls(&env, CODE_PATH), 0);
+        assert_eq!(env.calls(CODE_PATH), 0);
 
         // Busy (-1) is retried with backoff: two busy answers, then a token.
         let before = fetch_calls(&env);
@@ -530,7 +504,7 @@ fn fetch_lease(env: &TestEnv) -> String {
 async fn a_dead_lease_holder_is_taken_over_when_its_lease_runs_out() {
     for mode in MODES {
         // GIVEN an instance that took the fetch lease and died (1.5 s left on it)
-        let env = env_with(mode, |_| {}).await;
+        let env = TestEnv::with_mode(mode, |_| {}).await;
         let taken = env
             .store
             .try_lease(&fetch_lease(&env), "crashed", wxmp::now_millis(), 1500)
@@ -552,7 +526,7 @@ async fn a_dead_lease_holder_is_taken_over_when_its_lease_runs_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_give_up_within_their_budget_even_when_queued() {
     // GIVEN a lease held for a minute by a dead instance, and a keeper with a 1 s wait budget
-    let env = env_with(TokenMode::Stable, |_| {}).await;
+    let env = TestEnv::with_mode(TokenMode::Stable, |_| {}).await;
     assert!(
         env.store
             .try_lease(&fetch_lease(&env), "crashed", wxmp::now_millis(), 60_000)
@@ -601,7 +575,7 @@ async fn waiters_give_up_within_their_budget_even_when_queued() {
 async fn a_slow_writer_does_not_replace_a_newer_token_nor_split_the_fleet() {
     // GIVEN legacy mode, keepers whose lease lasts 0.5 s, and an instance whose fetch returns at
     // once but whose write to the table takes 3 s (a stalled instance)
-    let env = env_with(TokenMode::Legacy, |_| {}).await;
+    let env = TestEnv::with_mode(TokenMode::Legacy, |_| {}).await;
     let opts = KeeperOptions {
         lease_ttl: Duration::from_millis(500),
         ..KeeperOptions::default()
@@ -760,7 +734,7 @@ impl TokenStore for CountingStore {
 #[tokio::test]
 async fn a_warm_keeper_makes_no_store_call() {
     for mode in MODES {
-        let env = env_with(mode, |_| {}).await;
+        let env = TestEnv::with_mode(mode, |_| {}).await;
         let store = Arc::new(CountingStore::new(env.store.clone()));
         let keeper = TokenKeeper::new(env.app.wechat.clone(), store.clone(), mode);
 
@@ -796,7 +770,7 @@ async fn a_warm_keeper_makes_no_store_call() {
 
 #[tokio::test]
 async fn refresher_fetches_in_legacy_mode_only_when_the_token_would_not_outlive_two_runs() {
-    let env = env_with(TokenMode::Legacy, |_| {}).await;
+    let env = TestEnv::with_mode(TokenMode::Legacy, |_| {}).await;
     let keeper = &env.app.tokens;
     let run = |secs: u64| keeper.refresh_scheduled(Duration::from_secs(secs));
 
@@ -837,7 +811,7 @@ async fn refresher_fetches_in_legacy_mode_only_when_the_token_would_not_outlive_
 
 #[tokio::test]
 async fn refresher_calls_wechat_every_run_in_stable_mode() {
-    let env = env_with(TokenMode::Stable, |_| {}).await;
+    let env = TestEnv::with_mode(TokenMode::Stable, |_| {}).await;
     for run in 1..=3 {
         let r = env
             .app
@@ -871,7 +845,7 @@ fn scheduled_event() -> Value {
 #[tokio::test]
 async fn token_refresher_binary_reports_and_logs_one_line_without_the_token() {
     for mode in MODES {
-        let env = env_with(mode, |_| {}).await;
+        let env = TestEnv::with_mode(mode, |_| {}).await;
         let api = RuntimeApi::start().await;
         let function = FunctionProcess::spawn(
             &binary_path("token-refresher"),
@@ -926,7 +900,7 @@ async fn token_refresher_binary_reports_and_logs_one_line_without_the_token() {
 #[tokio::test]
 async fn token_refresher_binary_fails_loudly_on_a_config_error_and_recovers() {
     // GIVEN WeChat refusing the first token fetch: the caller's IP is not on the allow-list
-    let env = env_with(TokenMode::Stable, |_| {}).await;
+    let env = TestEnv::with_mode(TokenMode::Stable, |_| {}).await;
     env.script(token_path(env.token_mode), 40164, 1);
     let api = RuntimeApi::start().await;
     let function = FunctionProcess::spawn(

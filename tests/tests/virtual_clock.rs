@@ -88,17 +88,7 @@ impl World {
     }
 
     async fn login(&self, app: &App, user: &str) -> String {
-        let code = self.sandbox().mint_login_code(user);
-        let r = call_app(
-            app,
-            "POST",
-            "/login",
-            None,
-            json!({"code": code}).to_string().as_bytes(),
-        )
-        .await;
-        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
-        r.json()["token"].as_str().unwrap().to_string()
+        e2e::env::login_with_code(app, &self.sandbox().mint_login_code(user)).await
     }
 }
 

@@ -148,19 +148,6 @@ fn metered_app(env: &TestEnv, store: Arc<dyn Store>) -> (App, Arc<Metered>) {
     (app, metered)
 }
 
-async fn login(app: &App, code: &str) -> String {
-    let r = call_app(
-        app,
-        "POST",
-        "/login",
-        None,
-        json!({ "code": code }).to_string().as_bytes(),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
-    r.json()["token"].as_str().unwrap().to_string()
-}
-
 async fn upstream_calls() {
     println!("\n== upstream calls per request (moto DynamoDB and S3, sandbox WeChat)");
     let env = TestEnv::with(Options {
@@ -172,7 +159,7 @@ async fn upstream_calls() {
     let wechat = |app: &App| app.wechat.meter().snapshot().0;
 
     let (w0, (r0, wr0)) = (wechat(&app), m.counts());
-    let token = login(&app, "bench-user.1").await;
+    let token = e2e::env::login_with_code(&app, "bench-user.1").await;
     let (w1, (r1, wr1)) = (wechat(&app), m.counts());
     row(
         "login: WeChat calls",
@@ -307,7 +294,7 @@ async fn warm_overhead() {
     );
     let env = TestEnv::new().await;
     let (app, m) = metered_app(&env, Arc::new(MemoryStore::new()));
-    let token = login(&app, "overhead.0").await;
+    let token = e2e::env::login_with_code(&app, "overhead.0").await;
     let get = || ("GET", "/session", Some(token.clone()), Vec::new());
 
     let (o, wall) = overhead_run(&app, &m, count, |_| get()).await;
@@ -368,7 +355,7 @@ async fn warm_overhead() {
     // The same through the DynamoDB client against moto: the SDK's own work is in "upstream".
     let moto_count = n(1_000);
     let (app, m) = metered_app(&env, env.store.clone());
-    let token = login(&app, "overhead-moto.0").await;
+    let token = e2e::env::login_with_code(&app, "overhead-moto.0").await;
     let (o, wall) = overhead_run(&app, &m, moto_count, |_| {
         ("GET", "/session", Some(token.clone()), Vec::new())
     })
