@@ -95,7 +95,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let app = Arc::new(App::new(config.clone(), store).with_code_cache(codes));
 
-    let mut router = wxmp::http::router(app.clone(), Surface::All);
+    let mut router = wxmp::routes::router(app.clone(), Surface::All);
     if let Some(sb) = &sandbox {
         router = router.nest_service("/sandbox", sb.router());
     }

@@ -166,7 +166,7 @@ impl ApiError {
             error["wechat_errcode"] = json!(c);
         }
         let mut resp =
-            crate::http::json_response(self.status(), &json!({ "error": error })).into_response();
+            crate::reply::json_response(self.status(), &json!({ "error": error })).into_response();
         if let ApiError::MethodNotAllowed { allow, .. } = self {
             let allow = http::HeaderValue::from_str(&allow.join(", "))
                 .expect("method names are valid header text");

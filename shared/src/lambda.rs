@@ -1,4 +1,4 @@
-//! The Lambda adapter: `lambda_http` serves the function's [`crate::http::router`]. API Gateway
+//! The Lambda adapter: `lambda_http` serves the function's [`crate::routes::router`]. API Gateway
 //! HTTP API (payload 2.0) events in; JSON leaves as text, images base64 with `isBase64Encoded`
 //! (`lambda_http` decides by content type). The router never fails: every failure is already a
 //! JSON response, including running out of time (answered just before Lambda's deadline).
@@ -14,7 +14,7 @@ use lambda_http::{Error, Request, RequestExt};
 use tower::ServiceBuilder;
 
 use crate::app::App;
-use crate::http::{Surface, router};
+use crate::routes::{Surface, router};
 
 /// Runs the function until Lambda stops it.
 pub async fn run(app: App, surface: Surface) -> Result<(), Error> {

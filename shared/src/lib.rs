@@ -12,6 +12,7 @@ pub mod ids;
 pub mod lambda;
 pub mod logging;
 pub mod refresher;
+pub mod reply;
 pub mod retry;
 pub mod routes;
 pub mod scope;
@@ -23,7 +24,7 @@ pub mod wechat;
 
 pub use app::App;
 pub use config::Config;
-pub use http::Surface;
+pub use routes::Surface;
 
 /// Seconds since the Unix epoch, on the one [`clock`].
 pub fn now_secs() -> u64 {

@@ -281,7 +281,7 @@ pub async fn call_app_with_headers(
         .expect("valid request");
     // The router as every function and the local server build it (the app is cheap to clone:
     // the clone shares the keeper, the store and the clients).
-    let router = wxmp::http::router(std::sync::Arc::new(app.clone()), Surface::All);
+    let router = wxmp::routes::router(std::sync::Arc::new(app.clone()), Surface::All);
     let resp = tower::ServiceExt::oneshot(router, req)
         .await
         .expect("the router never fails");

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_yaml::Value;
 use wxmp::Surface;
-use wxmp::http::ROUTES;
+use wxmp::routes::ROUTES;
 
 type Route = (String, String, &'static str);
 
@@ -134,7 +134,7 @@ async fn each_function_serves_its_routes_and_only_those() {
                 .uri(*path)
                 .body(axum::body::Body::empty())
                 .unwrap();
-            let router = wxmp::http::router(app.clone(), surface);
+            let router = wxmp::routes::router(app.clone(), surface);
             let status = tower::ServiceExt::oneshot(router, req)
                 .await
                 .unwrap()

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::http::Reply;
 use crate::http::extract::JsonBody;
 use crate::ids;
+use crate::reply::Reply;
 use crate::routes::types::LoginCode;
 use crate::session::key_for;
 use crate::store::SessionRecord;

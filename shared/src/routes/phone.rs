@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::http::Reply;
 use crate::http::extract::JsonBody;
+use crate::reply::Reply;
 use crate::routes::qrcode::rejected;
 use crate::routes::types::PhoneCode;
 use crate::session::Session;

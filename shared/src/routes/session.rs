@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::http::Reply;
+use crate::reply::Reply;
 use crate::session::{Session, SessionToken};
 
 #[derive(Debug, Serialize)]
