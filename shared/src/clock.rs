@@ -1,42 +1,38 @@
 //! The one clock: every reading of the time in this crate (session and token expiry, leases,
 //! margins, retry budgets, the refresher, deadlines) comes from here.
 //!
-//! It is tokio's clock. In production that is the monotonic clock anchored to the wall clock once
-//! per process; under a paused tokio runtime (`#[tokio::test(start_paused = true)]`,
-//! `tokio::time::advance`) it is virtual, so tests run days of token lifetimes in seconds. The
-//! WeChat sandbox reads the same tokio clock, so both sides of a test age together.
+//! Points in time ([`now`], for timeouts within a request) are tokio's; epoch times ([`epoch_millis`],
+//! for expiries, leases and stamps shared with other instances) are the system's wall clock plus
+//! however far tokio's clock was moved ahead of the real one, which is nothing in production. Under
+//! a paused tokio runtime (`#[tokio::test(start_paused = true)]`, `tokio::time::advance`) both are
+//! virtual, so tests run days of token lifetimes in seconds. The WeChat sandbox reads the same
+//! tokio clock, so both sides of a test age together.
 
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use tokio::time::Instant;
 
-struct Anchor {
-    epoch: Duration,
-    at: Instant,
-}
-
-fn anchor() -> &'static Anchor {
-    static ANCHOR: OnceLock<Anchor> = OnceLock::new();
-    ANCHOR.get_or_init(|| Anchor {
-        epoch: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default(),
-        at: Instant::now(),
-    })
-}
-
 /// A point on the clock, for measuring and deadlines.
 pub fn now() -> Instant {
-    // The anchor is taken first, so `now` is never before it.
-    let _ = anchor();
     Instant::now()
 }
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch: the system's wall clock, read at each call (a Lambda
+/// instance frozen for minutes, or a clock stepped after start, must not leave it behind), plus
+/// how far tokio's clock has been moved ahead of the real one (zero unless a test paused it).
 pub fn epoch_millis() -> u64 {
-    let a = anchor();
-    (a.epoch + Instant::now().saturating_duration_since(a.at)).as_millis() as u64
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i128;
+    let virtual_now = Instant::now();
+    let real_now = Instant::from_std(std::time::Instant::now());
+    let ahead = if virtual_now >= real_now {
+        (virtual_now - real_now).as_millis() as i128
+    } else {
+        -((real_now - virtual_now).as_millis() as i128)
+    };
+    (wall + ahead).max(0) as u64
 }
 
 /// Seconds since the Unix epoch.

@@ -13,6 +13,7 @@ use wxmp::config::TokenMode;
 use wxmp::store::{DynamoStore, Store};
 use wxmp::{App, Config, Surface};
 
+use crate::atomic::AtomicDynamo;
 use crate::moto;
 
 pub struct Options {
@@ -37,7 +38,8 @@ pub struct TestEnv {
     pub sdk: SdkConfig,
     pub table: String,
     pub bucket: Option<String>,
-    pub store: Arc<DynamoStore>,
+    /// The test's DynamoDB table on moto, conditional writes made atomic (see [`AtomicDynamo`]).
+    pub store: Arc<AtomicDynamo>,
     pub app: App,
     pub token_mode: TokenMode,
 }
@@ -101,7 +103,7 @@ impl TestEnv {
             .await
             .expect("table created");
         let bucket = opts.bucket.then(|| moto::unique_name("codes"));
-        let store = Arc::new(DynamoStore::new(dynamo, table.clone()));
+        let store = Arc::new(AtomicDynamo::new(DynamoStore::new(dynamo, table.clone())));
         let pairs = config_pairs(&wechat, opts.token_mode, &table, bucket.as_deref());
         let app = build_app(&pairs, &sdk, bucket.as_deref(), store.clone());
         if let Some(c) = &app.codes {

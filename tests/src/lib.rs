@@ -9,6 +9,7 @@
 //! - [`apigw`]: API Gateway HTTP API (payload 2.0) events and responses.
 
 pub mod apigw;
+pub mod atomic;
 pub mod env;
 pub mod moto;
 pub mod runtime_api;

@@ -175,6 +175,21 @@ async fn with_a_tenth_of_calls_busy_3000_codes_all_succeed() {
         );
         assert!(failed.is_empty(), "{}: {failed:?}", mode.as_str());
         assert!(busy >= 300, "the busy answers really came: {busy}");
+
+        // AND a run of six busy answers in a row (more than a fixed four tries would take) is
+        // still sat out within the budget
+        world.sandbox().set_faults(Faults {
+            scripted: vec![wechat_sandbox::ScriptedError {
+                path: CODE_PATH.into(),
+                errcode: -1,
+                count: 6,
+            }],
+            ..Default::default()
+        });
+        let started = clock::now();
+        let r = qrcode(&app, &bearer, "six-busy").await;
+        assert!(ok(&r), "{}: {}", mode.as_str(), r.status);
+        assert!(clock::now() - started < Duration::from_secs(6));
     }
 }
 
@@ -231,6 +246,9 @@ enum Event {
     ThirdPartyLegacyFetch,
     ThirdPartyForce,
     InvalidateAll,
+    /// WeChat rejects the next code call's token while still handing that token out (stable:
+    /// the force-refresh path).
+    RejectOnce,
     Busy(f64),
     DayEnds,
 }
@@ -280,6 +298,8 @@ fn schedule(mode: TokenMode, rng: &mut Rng) -> Vec<(u64, Event)> {
         ev.push((at + 30, Event::Requests(2)));
         ev.push((at + 60, Event::InvalidateAll));
         ev.push((at + 65, Event::Requests(30)));
+        // Once a day WeChat rejects a token it still calls current.
+        ev.push((start + rng.below(DAY), Event::RejectOnce));
         // 1% busy, and 10% for the whole of day 9.
         ev.push((start, Event::Busy(if day == 9 { 0.10 } else { 0.01 })));
         ev.push((start + DAY - 1, Event::DayEnds));
@@ -354,6 +374,7 @@ async fn soak(mode: TokenMode) {
         TokenMode::Legacy => "/cgi-bin/token",
     };
     let mut last = [0u64; 3];
+    let mut busy_rate = 0.0;
     for (at, event) in schedule(mode, &mut rng) {
         tokio::time::sleep_until(start + Duration::from_secs(at)).await;
         match event {
@@ -398,11 +419,24 @@ async fn soak(mode: TokenMode) {
                 world.sandbox().third_party_force_stable();
             }
             Event::InvalidateAll => world.sandbox().invalidate_all_tokens(),
-            Event::Busy(rate) => world.sandbox().set_faults(Faults {
-                busy_rate: rate,
+            Event::RejectOnce => world.sandbox().set_faults(Faults {
+                busy_rate,
                 latency_ms: LATENCY_MS,
+                scripted: vec![wechat_sandbox::ScriptedError {
+                    path: CODE_PATH.into(),
+                    errcode: 40001,
+                    count: 1,
+                }],
                 ..Default::default()
             }),
+            Event::Busy(rate) => {
+                busy_rate = rate;
+                world.sandbox().set_faults(Faults {
+                    busy_rate: rate,
+                    latency_ms: LATENCY_MS,
+                    ..Default::default()
+                })
+            }
             Event::DayEnds => {
                 let now = totals(&world, path, third_party_fetches, third_party_forces);
                 days.push(DayFigures {
@@ -456,6 +490,10 @@ async fn soak(mode: TokenMode) {
     // Stable mode's refresher asks every run (360 a day); the rest is rejections.
     assert!(fetches.iter().all(|f| *f <= 450), "{fetches:?}");
     assert!(forced.iter().all(|f| *f <= 10), "{forced:?}");
+    if mode == TokenMode::Stable {
+        // The daily token WeChat rejects but still hands out takes the force-refresh path.
+        assert!(forced.iter().sum::<u64>() >= 7, "{forced:?}");
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -271,8 +271,10 @@ impl TokenStore for DynamoStore {
             .table_name(&self.table)
             .key("pk", s(lease_pk(name)))
             .update_expression("SET until_ms = :until, expires_at = :exp")
-            .condition_expression("holder = :h")
+            // Only a lease still held: a renewal that lands after the release must not revive it.
+            .condition_expression("holder = :h AND until_ms > :now")
             .expression_attribute_values(":h", s(holder))
+            .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":until", n(until))
             .expression_attribute_values(":exp", n(until / 1000 + 1))
             .send()

@@ -127,7 +127,7 @@ impl TokenStore for MemoryStore {
     ) -> Result<bool, StoreError> {
         let mut g = self.lock();
         match g.leases.get_mut(name) {
-            Some((h, until)) if h == holder => {
+            Some((h, until)) if h == holder && *until > now_ms => {
                 *until = now_ms + ttl_ms;
                 Ok(true)
             }

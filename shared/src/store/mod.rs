@@ -78,7 +78,8 @@ pub trait TokenStore: Send + Sync {
         now_ms: u64,
         ttl_ms: u64,
     ) -> Result<bool, StoreError>;
-    /// Extends the lease to `now_ms + ttl_ms` if `holder` still has it; true if it did.
+    /// Extends the lease to `now_ms + ttl_ms` if `holder` still has it and it has not run out
+    /// or been released; true if it did.
     async fn renew_lease(
         &self,
         name: &str,

@@ -5,14 +5,14 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::clock::{self, Instant};
 use crate::secret::Secret;
 
 #[derive(Clone)]
 struct Cached {
     token: Secret,
     expires_at: u64,
-    loaded: Instant,
+    /// Epoch milliseconds when it was read (wall time: a frozen instance's memory ages too).
+    loaded_ms: u64,
 }
 
 /// The token in memory, behind a lock never held across an `.await`.
@@ -30,7 +30,10 @@ impl MemoryCache {
     pub(super) fn get(&self, max_age: Duration, usable: impl Fn(u64) -> bool) -> Option<Secret> {
         self.lock()
             .as_ref()
-            .filter(|c| c.loaded.elapsed() < max_age && usable(c.expires_at))
+            .filter(|c| {
+                crate::now_millis().saturating_sub(c.loaded_ms) < max_age.as_millis() as u64
+                    && usable(c.expires_at)
+            })
             .map(|c| c.token.clone())
     }
 
@@ -38,7 +41,7 @@ impl MemoryCache {
         *self.lock() = Some(Cached {
             token: token.clone(),
             expires_at,
-            loaded: clock::now(),
+            loaded_ms: crate::now_millis(),
         });
     }
 
