@@ -9,4 +9,4 @@ source scripts/lib.sh
 start_moto
 echo "== cargo build --release (functions and the bench)"
 cargo build --release -p login -p qrcode -p token-refresher -p e2e --bin login --bin qrcode --bin token-refresher --bin bench
-target/release/bench
+"${CARGO_TARGET_DIR:-target}/release/bench"
