@@ -2,7 +2,7 @@
 
 use wxmp::{App, Surface};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     wxmp::logging::init();
     let app = App::from_env().await?;

@@ -472,6 +472,17 @@ fn vm_hwm_kb(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU time the process has used, all its threads (what Lambda bills): the first field of each
+/// thread's `/proc/<pid>/task/<tid>/schedstat`, in nanoseconds.
+fn cpu_ns(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
 async fn peak_rss() {
     let count = n(10_000);
     println!(
@@ -491,11 +502,19 @@ async fn peak_rss() {
         api.invoke(event.clone()).await.expect("invocation");
         vm_hwm_kb(pid).unwrap_or(0)
     };
+    let cpu_before = cpu_ns(pid).unwrap_or(0);
     for _ in 1..count {
         let r = V2Response::parse(&api.invoke(event.clone()).await.expect("invocation"));
         assert_eq!(r.status, 200);
     }
+    let cpu_per_request = (cpu_ns(pid).unwrap_or(0) - cpu_before) as f64 / (count - 1) as f64;
     let peak = vm_hwm_kb(pid).unwrap_or(0);
+    row(
+        "CPU per warm GET /session, the whole process (all threads, schedstat)",
+        format!("{:.3} ms", cpu_per_request / 1e6),
+        "-",
+        None,
+    );
     row(
         "peak RSS after the first request",
         format!("{:.1} MB", after_first as f64 / 1024.0),
