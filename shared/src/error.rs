@@ -72,6 +72,14 @@ impl ApiError {
         }
     }
 
+    /// WeChat refused input the client sent (a page, a phone code): 400 naming it.
+    pub fn rejected(message: &str, source: WxError) -> Self {
+        ApiError::RejectedInput {
+            message: message.into(),
+            source,
+        }
+    }
+
     /// A failure to get an access token from WeChat. On the token endpoints 40001 means a
     /// wrong AppSecret (like 40013/40125), not a stale token: only busy answers and transport
     /// failures are worth retrying later, and the quotas are rate limits.
@@ -285,12 +293,12 @@ mod tests {
     }
 
     fn body(r: Response) -> serde_json::Value {
-        let bytes = futures_lite_body(r);
+        let bytes = body_bytes(r);
         serde_json::from_slice(&bytes).unwrap()
     }
 
     /// The bytes of a response body built in memory.
-    fn futures_lite_body(r: Response) -> bytes::Bytes {
+    fn body_bytes(r: Response) -> bytes::Bytes {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();

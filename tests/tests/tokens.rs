@@ -564,11 +564,17 @@ async fn waiters_give_up_within_their_budget_even_when_queued() {
     }
     assert!(elapsed < Duration::from_millis(2500), "took {elapsed:?}");
     assert_eq!(fetch_calls(&env), 0);
-    let api = ApiError::from(TokenError::GaveUp(GiveUp::Timeout(Duration::from_secs(1))));
+
+    // AND a code request on that instance answers 503 wechat_unavailable, with no WeChat errcode
+    let mut app = env.build_app();
+    app.tokens = keeper;
+    let bearer = e2e::env::login_with_code(&app, &env.sandbox().mint_login_code("w")).await;
+    let r = e2e::call_app(&app, "POST", "/qrcode", Some(&bearer), br#"{"scene":"w"}"#).await;
     assert_eq!(
-        (api.status().as_u16(), api.code()),
+        (r.status, r.error_code().as_str()),
         (503, "wechat_unavailable")
     );
+    assert!(r.json()["error"].get("wechat_errcode").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,11 +48,15 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
         // JSON, but not an object; or not JSON at all.
-        Some(_) if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() => {
-            let e = serde_json::from_slice::<serde::de::IgnoredAny>(body).unwrap_err();
-            return Err(bad(format!("request body is not valid JSON: {e}")));
+        Some(_) => {
+            return Err(bad(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                    Err(e) => format!("request body is not valid JSON: {e}"),
+                    Ok(_) => "request body must be a JSON object".into(),
+                },
+            ));
         }
-        _ => return Err(bad("request body must be a JSON object".into())),
+        None => return Err(bad("request body must be a JSON object".into())),
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| bad(describe(&e)))?;

@@ -9,7 +9,6 @@ use crate::app::App;
 use crate::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::reply::Reply;
-use crate::routes::qrcode::rejected;
 use crate::routes::types::PhoneCode;
 use crate::session::Session;
 use crate::token::TokenError;
@@ -41,12 +40,12 @@ pub async fn phone(
         })
         .await
         .map_err(|e| match e {
-            TokenError::WeChat(e) if e.errcode() == Some(40029) => rejected(
+            TokenError::WeChat(e) if e.errcode() == Some(40029) => ApiError::rejected(
                 "the phone code was rejected by WeChat (used, expired or invalid)",
                 e,
             ),
             TokenError::WeChat(e) if e.errcode() == Some(40013) => {
-                rejected("the phone code was issued to another mini-program", e)
+                ApiError::rejected("the phone code was issued to another mini-program", e)
             }
             other => other.into(),
         })?;

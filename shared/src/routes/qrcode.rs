@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::session::Session;
 use crate::token::TokenError;
-use crate::wechat::{Image, WxError};
+use crate::wechat::Image;
 
 /// WeChat's allowed scene characters besides letters and digits.
 pub const SCENE_PUNCTUATION: &str = "!#$&'()*+,/:;=?@-._~";
@@ -222,23 +222,18 @@ fn image_response(image: Image, x_cache: Option<&'static str>) -> Response {
     resp
 }
 
-pub(crate) fn rejected(message: &str, e: WxError) -> ApiError {
-    ApiError::RejectedInput {
-        message: message.into(),
-        source: e,
-    }
-}
-
 fn qrcode_error(e: TokenError) -> ApiError {
     match e {
         TokenError::WeChat(e) => match e.errcode() {
-            Some(41030) => rejected(
+            Some(41030) => ApiError::rejected(
                 "page is not a page of the published mini-program (or is malformed); set check_path to false for unpublished pages",
                 e,
             ),
-            Some(40129 | 40169) => rejected("scene was rejected by WeChat", e),
-            Some(40097) => rejected("WeChat rejected the code parameters", e),
-            Some(85096) => rejected("scene must not use the reserved name scancode_time", e),
+            Some(40129 | 40169) => ApiError::rejected("scene was rejected by WeChat", e),
+            Some(40097) => ApiError::rejected("WeChat rejected the code parameters", e),
+            Some(85096) => {
+                ApiError::rejected("scene must not use the reserved name scancode_time", e)
+            }
             _ => ApiError::from_wechat(e),
         },
         other => other.into(),

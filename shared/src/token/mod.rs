@@ -202,14 +202,6 @@ impl TokenKeeper {
         self.cache.get(self.opts.memory_max_age, |e| self.usable(e))
     }
 
-    fn remember(&self, token: &Secret, expires_at: u64) {
-        self.cache.remember(token, expires_at);
-    }
-
-    fn forget(&self, token: &Secret) {
-        self.cache.forget(token);
-    }
-
     fn usable(&self, expires_at: u64) -> bool {
         expires_at > crate::now_secs() + self.opts.min_remaining.as_secs()
     }
@@ -222,7 +214,7 @@ impl TokenKeeper {
         if !self.usable(t.expires_at) || not == Some(&t.token) {
             return Ok(None);
         }
-        self.remember(&t.token, t.expires_at);
+        self.cache.remember(&t.token, t.expires_at);
         Ok(Some(t.token))
     }
 
@@ -359,7 +351,7 @@ impl TokenKeeper {
             }
             _ => (ours, true),
         };
-        self.remember(&shared.0.token, shared.0.expires_at);
+        self.cache.remember(&shared.0.token, shared.0.expires_at);
         Ok(shared)
     }
 
@@ -441,7 +433,7 @@ impl TokenKeeper {
     /// Handles a rejection of `failed`: a newer shared token if there is one, else a fresh fetch
     /// (by whoever holds the lease, which drops `failed` from the table if it is still there).
     async fn replace_rejected(&self, failed: &Secret) -> Result<Got, TokenError> {
-        self.forget(failed);
+        self.cache.forget(failed);
         self.fetch_once(Some(failed)).await
     }
 }
