@@ -1,6 +1,6 @@
 //! Test harness for the workspace's end-to-end tests.
 //!
-//! The integration tests in `tests/tests/` run the real Lambda binaries
+//! The integration tests in `tests/tests/suite/` run the real Lambda binaries
 //! against real wire protocols:
 //! - [`moto`]: a shared moto server (DynamoDB, S3) and the AWS settings that
 //!   point SDK clients at it;

@@ -41,7 +41,7 @@ impl Surface {
 
 /// Every route: method, path, and the function that serves it. [`router`] mounts exactly these
 /// (a unit test checks it); openapi.yaml and template.yaml describe the same set
-/// (tests/tests/routes.rs keeps the three in sync).
+/// (tests/tests/suite/routes.rs keeps the three in sync).
 pub const ROUTES: &[(&str, &str, Surface)] = &[
     ("POST", "/login", Surface::Sessions),
     ("GET", "/session", Surface::Sessions),

@@ -5,7 +5,7 @@
 //! on, held to DynamoDB's semantics by `store_suite.rs`).
 //!
 //! The two-week soak prints the figures the README reports; run it alone with
-//! `cargo test -p e2e --test virtual_clock soak -- --nocapture`.
+//! `cargo test -p e2e --test suite virtual_clock::soak -- --nocapture`.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,14 @@
+//! The end-to-end tests, one module per concern, in one test binary (each test binary links the
+//! AWS SDK and the whole stack; one binary keeps a clean CI build small). Run one concern with
+//! `cargo test -p e2e --test suite keeper::`.
+
+mod cargo_lambda_watch;
+mod keeper;
+mod lambda_login;
+mod local_server;
+mod login;
+mod qrcode;
+mod routes;
+mod store_suite;
+mod tokens;
+mod virtual_clock;
