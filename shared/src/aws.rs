@@ -1,5 +1,6 @@
 //! AWS clients, built from one `SdkConfig` per cold start, with bounded timeouts so a slow
-//! dependency answers 503 instead of running into the Lambda timeout.
+//! dependency answers 503 instead of running into the Lambda timeout. Their requests go through
+//! the process's one HTTP stack (`net`).
 
 use std::time::Duration;
 
@@ -7,6 +8,7 @@ use aws_config::{BehaviorVersion, SdkConfig, timeout::TimeoutConfig};
 
 pub async fn sdk_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
+        .http_client(crate::net::aws_http_client())
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(1))

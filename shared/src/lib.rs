@@ -11,6 +11,7 @@ pub mod http;
 pub mod ids;
 pub mod lambda;
 pub mod logging;
+pub mod net;
 pub mod refresher;
 pub mod reply;
 pub mod retry;

@@ -103,6 +103,7 @@ pub async fn sdk_config(endpoint: &str) -> SdkConfig {
         "static",
     );
     aws_config::defaults(BehaviorVersion::latest())
+        .http_client(wxmp::net::aws_http_client())
         .region(Region::new(REGION))
         .endpoint_url(endpoint)
         .credentials_provider(credentials)

@@ -67,12 +67,12 @@ pub struct WeChatClient {
 impl WeChatClient {
     /// Builds the client once per cold start: connection pool, timeouts, rustls.
     pub fn new(base: &str, creds: Credentials) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(50))
-            .build()
-            .expect("the HTTP client could not be built");
+        let http = crate::net::client(
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(5))
+                .pool_idle_timeout(Duration::from_secs(50)),
+        );
         WeChatClient {
             http,
             base: base.trim_end_matches('/').to_string(),

@@ -1,0 +1,474 @@
+//! What Lambda bills, measured the way Lambda runs a function: the real release binaries (and the
+//! Python peer, and an echo floor) polling a Runtime API emulator, against moto and the WeChat
+//! sandbox. Per scenario:
+//!
+//! - init: exec to the first poll of `/next` (Lambda's init phase);
+//! - first response: exec to the first invocation's answer (what the first user waits);
+//! - CPU per warm invocation: the whole process, all threads (`/proc/<pid>/task/*/schedstat`),
+//!   over the warm run, divided by its invocations: what Lambda bills beyond wall time;
+//! - warm p50/p99: one invocation's round trip through the emulator;
+//! - peak RSS (`VmHWM`) after the warm run.
+
+use std::time::{Duration, Instant};
+
+use e2e::{FunctionProcess, RuntimeApi, TestEnv, V2Response, v2_event};
+use serde_json::{Value, json};
+
+use crate::report::{ms, n, pct, release_binary, row};
+
+/// What runs as the function.
+#[derive(Clone, Copy)]
+pub enum Runner {
+    /// A release binary of this workspace.
+    Rust(&'static str),
+    /// `bench/python-login/app.py` under awslambdaric, in the project's `.venv`.
+    Python,
+}
+
+impl Runner {
+    fn spawn(self, api: &RuntimeApi, env: &[(String, String)]) -> FunctionProcess {
+        match self {
+            Runner::Rust(name) => FunctionProcess::spawn(&release_binary(name), api, env),
+            Runner::Python => {
+                let root = e2e::moto::workspace_root();
+                let task_root = root.join("bench").join("python-login");
+                let python = root.join(".venv").join("bin").join("python");
+                let mut env = env.to_vec();
+                for (k, v) in [
+                    ("LAMBDA_TASK_ROOT", task_root.display().to_string()),
+                    ("PYTHONPATH", task_root.display().to_string()),
+                    ("_HANDLER", "app.handler".to_string()),
+                ] {
+                    env.push((k.to_string(), v));
+                }
+                FunctionProcess::spawn_with_args(
+                    &python,
+                    &["-m", "awslambdaric", "app.handler"],
+                    api,
+                    &env,
+                )
+            }
+        }
+    }
+}
+
+/// The figures of one scenario.
+pub struct Figures {
+    pub label: String,
+    /// Sorted; empty when the scenario has no cold starts of its own.
+    pub init: Vec<Duration>,
+    pub first: Vec<Duration>,
+    /// Sorted round trips of the warm invocations.
+    pub warm: Vec<Duration>,
+    pub cpu_per_warm: Duration,
+    pub peak_rss_kb: u64,
+    /// Requests the process had served when its peak RSS was read.
+    pub served: usize,
+}
+
+impl Figures {
+    fn print(&self) {
+        let cold = |v: &[Duration]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                ms(pct(v, 0.5))
+            }
+        };
+        println!(
+            "  {:<30} {:>10} {:>11} {:>11} {:>10} {:>10} {:>8.1} MB",
+            self.label,
+            cold(&self.init),
+            cold(&self.first),
+            format!("{:.3} ms", self.cpu_per_warm.as_secs_f64() * 1e3),
+            ms(pct(&self.warm, 0.5)),
+            ms(pct(&self.warm, 0.99)),
+            self.peak_rss_kb as f64 / 1024.0,
+        );
+    }
+
+    pub fn init_p50(&self) -> Duration {
+        pct(&self.init, 0.5)
+    }
+    pub fn first_p50(&self) -> Duration {
+        pct(&self.first, 0.5)
+    }
+    pub fn warm_p50(&self) -> Duration {
+        pct(&self.warm, 0.5)
+    }
+}
+
+fn vm_hwm_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time the process has used, all its threads (what Lambda bills): the first field of each
+/// thread's `/proc/<pid>/task/<tid>/schedstat`, in nanoseconds.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+async fn invoke_ok(api: &RuntimeApi, event: Value, what: &str, f: &FunctionProcess) -> V2Response {
+    let answer = api
+        .invoke(event)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}\n{}", f.output()));
+    let r = V2Response::parse(&answer);
+    assert!(
+        r.status == 200,
+        "{what}: status {} {}\n{}",
+        r.status,
+        r.text(),
+        f.output()
+    );
+    r
+}
+
+/// `starts` cold starts: a new process each, one invocation each.
+async fn cold(
+    runner: Runner,
+    env: &[(String, String)],
+    starts: usize,
+    event: &mut dyn FnMut(usize) -> Value,
+    what: &str,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut init, mut first) = (Vec::new(), Vec::new());
+    for i in 0..starts {
+        let api = RuntimeApi::start().await;
+        let spawned = Instant::now();
+        let mut f = runner.spawn(&api, env);
+        let polled = api
+            .wait_for_next_poll(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{what} starts: {e}\n{}", f.output()));
+        init.push(polled - spawned);
+        invoke_ok(&api, event(i), what, &f).await;
+        first.push(spawned.elapsed());
+        f.kill().await;
+    }
+    init.sort();
+    first.sort();
+    (init, first)
+}
+
+/// One process, `prime` untimed invocations, then `count` timed ones.
+async fn warm(
+    runner: Runner,
+    env: &[(String, String)],
+    prime: &mut dyn FnMut(usize) -> Value,
+    primes: usize,
+    count: usize,
+    event: &mut dyn FnMut(usize) -> Value,
+    what: &str,
+) -> (Vec<Duration>, Duration, u64) {
+    let api = RuntimeApi::start().await;
+    let mut f = runner.spawn(&api, env);
+    api.wait_for_next_poll(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{what} starts: {e}\n{}", f.output()));
+    let pid = f.pid().expect("function runs");
+    for i in 0..primes {
+        invoke_ok(&api, prime(i), what, &f).await;
+    }
+    // Let work the primes left in the background (a code's upload) settle first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut times = Vec::with_capacity(count);
+    let cpu0 = cpu_ns(pid);
+    for i in 0..count {
+        let e = event(i);
+        let started = Instant::now();
+        invoke_ok(&api, e, what, &f).await;
+        times.push(started.elapsed());
+    }
+    let cpu = Duration::from_nanos((cpu_ns(pid) - cpu0) / count as u64);
+    let rss = vm_hwm_kb(pid);
+    f.kill().await;
+    times.sort();
+    (times, cpu, rss)
+}
+
+fn login_event(code: &str) -> Value {
+    let body = json!({ "code": code }).to_string();
+    v2_event("POST", "/login", &[], Some(body.as_bytes()), false)
+}
+
+fn code_event(bearer: &str, scene: &str) -> Value {
+    let auth = format!("Bearer {bearer}");
+    let body = json!({ "scene": scene }).to_string();
+    v2_event(
+        "POST",
+        "/qrcode",
+        &[("authorization", &auth)],
+        Some(body.as_bytes()),
+        false,
+    )
+}
+
+/// Every scenario, printed as a table, then the targets.
+pub async fn run() {
+    let env = TestEnv::with(e2e::Options {
+        bucket: true,
+        ..Default::default()
+    })
+    .await;
+    let fenv = env.function_env().await;
+    let bearer = env.login("bench").await;
+    let sandbox = env.sandbox();
+    // Logins by returning users, a hundred of them, each with a fresh single-use code.
+    let login =
+        |tag: &str, i: usize| login_event(&sandbox.mint_login_code(&format!("{tag}{}", i % 100)));
+    let starts = n(20);
+    let python_starts = n(10).max(3);
+
+    println!(
+        "\n== what Lambda bills: release binaries under the Runtime API emulator, moto and the \
+         WeChat sandbox\n   ({starts} cold starts per function, {python_starts} for Python; CPU \
+         is the whole process, all threads)"
+    );
+    println!(
+        "  {:<30} {:>10} {:>11} {:>11} {:>10} {:>10} {:>11}",
+        "scenario", "init p50", "first resp", "CPU/warm", "warm p50", "warm p99", "peak RSS"
+    );
+
+    let mut all = Vec::new();
+    let mut figures = |label: String,
+                       (init, first): (Vec<Duration>, Vec<Duration>),
+                       (warm, cpu, rss): (Vec<Duration>, Duration, u64),
+                       served: usize| {
+        let f = Figures {
+            label,
+            init,
+            first,
+            warm,
+            cpu_per_warm: cpu,
+            peak_rss_kb: rss,
+            served,
+        };
+        f.print();
+        all.push(f);
+    };
+
+    // login: POST /login.
+    let count = n(2_000);
+    let c = cold(
+        Runner::Rust("login"),
+        &fenv,
+        starts,
+        &mut |i| login("cold", i),
+        "login",
+    )
+    .await;
+    let w = warm(
+        Runner::Rust("login"),
+        &fenv,
+        &mut |i| login("prime", i),
+        1,
+        count,
+        &mut |i| login("warm", i),
+        "login",
+    )
+    .await;
+    figures("login: POST /login".into(), c, w, count + 1);
+
+    // login: GET /session, 10,000 of them: the RSS after many requests.
+    let count = n(10_000);
+    let auth = format!("Bearer {bearer}");
+    let session = v2_event("GET", "/session", &[("authorization", &auth)], None, false);
+    let w = warm(
+        Runner::Rust("login"),
+        &fenv,
+        &mut |_| session.clone(),
+        1,
+        count,
+        &mut |_| session.clone(),
+        "GET /session",
+    )
+    .await;
+    figures("login: GET /session".into(), (vec![], vec![]), w, count + 1);
+
+    // qrcode: a code not made before (WeChat renders it; uploaded to S3 after the answer).
+    let count = n(1_000);
+    let c = cold(
+        Runner::Rust("qrcode"),
+        &fenv,
+        starts,
+        &mut |i| code_event(&bearer, &format!("cold{i}")),
+        "code (cold)",
+    )
+    .await;
+    let w = warm(
+        Runner::Rust("qrcode"),
+        &fenv,
+        &mut |_| code_event(&bearer, "prime"),
+        1,
+        count,
+        &mut |i| code_event(&bearer, &format!("miss{i}")),
+        "code miss",
+    )
+    .await;
+    figures("qrcode: code miss".into(), c, w, count + 1);
+
+    // qrcode: the same code again (served from S3).
+    let count = n(10_000);
+    let w = warm(
+        Runner::Rust("qrcode"),
+        &fenv,
+        &mut |_| code_event(&bearer, "hit"),
+        1,
+        count,
+        &mut |_| code_event(&bearer, "hit"),
+        "code hit",
+    )
+    .await;
+    figures(
+        "qrcode: code hit (S3)".into(),
+        (vec![], vec![]),
+        w,
+        count + 1,
+    );
+
+    // The Python peer doing the same login.
+    let count = n(2_000);
+    let c = cold(
+        Runner::Python,
+        &fenv,
+        python_starts,
+        &mut |i| login("pycold", i),
+        "python login",
+    )
+    .await;
+    let w = warm(
+        Runner::Python,
+        &fenv,
+        &mut |i| login("pyprime", i),
+        1,
+        count,
+        &mut |i| login("pywarm", i),
+        "python login",
+    )
+    .await;
+    figures("python peer: POST /login".into(), c, w, count + 1);
+
+    // The floor: a lambda_http function that answers at once.
+    let count = n(10_000);
+    let echo = v2_event("GET", "/echo", &[], None, false);
+    let c = cold(
+        Runner::Rust("echo-floor"),
+        &fenv,
+        starts,
+        &mut |_| echo.clone(),
+        "echo",
+    )
+    .await;
+    let w = warm(
+        Runner::Rust("echo-floor"),
+        &fenv,
+        &mut |_| echo.clone(),
+        1,
+        count,
+        &mut |_| echo.clone(),
+        "echo",
+    )
+    .await;
+    figures("echo floor (lambda_http)".into(), c, w, count + 1);
+
+    targets(&all);
+}
+
+fn targets(all: &[Figures]) {
+    let get = |prefix: &str| {
+        all.iter()
+            .find(|f| f.label.starts_with(prefix))
+            .expect("scenario ran")
+    };
+    let (login, session, miss, hit, python, echo) = (
+        get("login: POST"),
+        get("login: GET"),
+        get("qrcode: code miss"),
+        get("qrcode: code hit"),
+        get("python"),
+        get("echo"),
+    );
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+    println!("\n== targets (ratios from this run)");
+    let cpu = ratio(python.cpu_per_warm, login.cpu_per_warm);
+    row(
+        "CPU per warm login, Python peer / this project",
+        format!("{cpu:.1}x"),
+        ">= 10x",
+        Some(cpu >= 10.0),
+    );
+    row(
+        "CPU per warm login, this project / echo floor",
+        format!("{:.1}x", ratio(login.cpu_per_warm, echo.cpu_per_warm)),
+        "-",
+        None,
+    );
+    for f in [hit, session] {
+        row(
+            &format!("CPU per warm invocation, {}", f.label),
+            format!("{:.3} ms", f.cpu_per_warm.as_secs_f64() * 1e3),
+            "<= 0.5 ms",
+            Some(f.cpu_per_warm <= Duration::from_micros(500)),
+        );
+    }
+    row(
+        "CPU per warm invocation, qrcode: code miss",
+        format!("{:.3} ms", miss.cpu_per_warm.as_secs_f64() * 1e3),
+        "-",
+        None,
+    );
+    for f in [login, miss] {
+        let name = f.label.split(':').next().unwrap_or("");
+        row(
+            &format!("init (exec to first poll), {name}, p50"),
+            ms(f.init_p50()),
+            "<= 8 ms",
+            Some(f.init_p50() <= Duration::from_millis(8)),
+        );
+    }
+    row("init, echo floor, p50", ms(echo.init_p50()), "-", None);
+    let first = ratio(python.first_p50(), login.first_p50());
+    row(
+        "first response (cold login), Python peer / this project",
+        format!("{first:.0}x"),
+        ">= 30x",
+        Some(first >= 30.0),
+    );
+    row(
+        "warm p50 of login, this project vs Python peer",
+        format!("{} vs {}", ms(login.warm_p50()), ms(python.warm_p50())),
+        "not worse",
+        Some(login.warm_p50() <= python.warm_p50()),
+    );
+    for f in [session, hit] {
+        let judged = f.served >= 10_000;
+        row(
+            &format!("peak RSS after {} requests, {}", f.served, f.label),
+            format!("{:.1} MB", f.peak_rss_kb as f64 / 1024.0),
+            if judged { "<= 12 MB" } else { "(quick run)" },
+            judged.then_some(f.peak_rss_kb <= 12 * 1024),
+        );
+    }
+    row(
+        "peak RSS, Python peer / this project (login)",
+        format!(
+            "{:.1}x",
+            python.peak_rss_kb as f64 / login.peak_rss_kb.max(1) as f64
+        ),
+        "-",
+        None,
+    );
+}
