@@ -11,7 +11,13 @@ source scripts/lib.sh
 ensure_venv awslambdaric -r bench/python-login/requirements.txt
 ensure_venv boto3 -r bench/python-login/requirements.txt
 start_moto
-echo "== cargo build --release (functions, the echo floor and the bench)"
-cargo build --release -p login -p qrcode -p token-refresher -p e2e \
-  --bin login --bin qrcode --bin token-refresher --bin echo-floor --bin bench
-"${CARGO_TARGET_DIR:-target}/release/bench"
+# Two builds, so that the functions are built alone, exactly as deployed (one build would unify
+# the bench's features, such as wxmp's call counters, into them).
+# BENCH_PROFILE=profiling measures the same build with symbols; BENCH_PERF=<scenario prefix>
+# (e.g. "login: GET") records that scenario's warm run with `perf record` into target/perf.data.
+profile="${BENCH_PROFILE:-release}"
+echo "== cargo build --profile $profile (the functions)"
+cargo build --profile "$profile" -p login -p qrcode -p token-refresher
+echo "== cargo build --profile $profile (the echo floor and the bench)"
+cargo build --profile "$profile" -p e2e --bin echo-floor --bin bench
+"${CARGO_TARGET_DIR:-target}/$profile/bench"

@@ -24,25 +24,40 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-/// The system's roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` or the usual places), read on the first
-/// certificate check. Everything else a handshake needs comes from the provider, so a process that
-/// only talks plain HTTP (a local run, the tests) never reads them.
-#[derive(Debug)]
+type LoadRoots = Box<dyn Fn() -> Vec<CertificateDer<'static>> + Send + Sync>;
+
+/// Roots read on the first certificate check (the system's in production: [`system_roots`]).
+/// Everything else a handshake needs comes from the provider, so a process that only talks plain
+/// HTTP (a local run, the tests) never reads them.
 struct LazyRoots {
     provider: Arc<CryptoProvider>,
+    load: LoadRoots,
     verifier: OnceLock<Result<Arc<WebPkiServerVerifier>, String>>,
+}
+
+impl std::fmt::Debug for LazyRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyRoots")
+            .field("loaded", &self.verifier.get().is_some())
+            .finish()
+    }
+}
+
+/// The system's roots: `SSL_CERT_FILE`/`SSL_CERT_DIR`, or the usual places.
+fn system_roots() -> Vec<CertificateDer<'static>> {
+    let loaded = rustls_native_certs::load_native_certs();
+    for e in &loaded.errors {
+        tracing::warn!(error = %e, "a system root certificate could not be read");
+    }
+    loaded.certs
 }
 
 impl LazyRoots {
     fn verifier(&self) -> Result<&WebPkiServerVerifier, rustls::Error> {
         self.verifier
             .get_or_init(|| {
-                let loaded = rustls_native_certs::load_native_certs();
-                for e in &loaded.errors {
-                    tracing::warn!(error = %e, "a system root certificate could not be read");
-                }
                 let mut roots = RootCertStore::empty();
-                let (added, ignored) = roots.add_parsable_certificates(loaded.certs);
+                let (added, ignored) = roots.add_parsable_certificates((self.load)());
                 tracing::debug!(added, ignored, "system root certificates loaded");
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
                     .build()
@@ -109,22 +124,26 @@ impl ServerCertVerifier for LazyRoots {
 /// The process's TLS configuration: clones share one verifier (one root store) and one session
 /// cache. HTTP/1.1 only, as the clients are built.
 pub fn tls_config() -> rustls::ClientConfig {
-    static CONFIG: LazyLock<rustls::ClientConfig> = LazyLock::new(|| {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let verifier = LazyRoots {
-            provider: provider.clone(),
-            verifier: OnceLock::new(),
-        };
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("aws-lc-rs supports the default TLS versions")
-            .dangerous() // a custom verifier: the standard WebPKI one, built late
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        config
-    });
+    static CONFIG: LazyLock<rustls::ClientConfig> =
+        LazyLock::new(|| config_with(Box::new(system_roots)));
     CONFIG.clone()
+}
+
+fn config_with(load: LoadRoots) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = LazyRoots {
+        provider: provider.clone(),
+        load,
+        verifier: OnceLock::new(),
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default TLS versions")
+        .dangerous() // a custom verifier: the standard WebPKI one, built late
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
 }
 
 /// A reqwest client on the process's TLS configuration.
@@ -189,5 +208,175 @@ impl HttpClient for ReqwestHttpClient {
         _components: &RuntimeComponents,
     ) -> SharedHttpConnector {
         self.0.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio_rustls::TlsAcceptor;
+
+    use super::*;
+
+    /// A private CA and a certificate for `localhost` signed by it.
+    struct Pki {
+        ca: CertificateDer<'static>,
+        cert: CertificateDer<'static>,
+        key: PrivateKeyDer<'static>,
+    }
+
+    fn pki() -> Pki {
+        static CAS: AtomicUsize = AtomicUsize::new(0);
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let n = CAS.fetch_add(1, Ordering::SeqCst);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("test CA {n}"));
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        Pki {
+            ca: ca.der().clone(),
+            cert: cert.der().clone(),
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        }
+    }
+
+    /// An HTTPS server on 127.0.0.1 presenting `pki`'s certificate; answers every request "ok".
+    async fn https_server(pki: &Pki) -> u16 {
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![pki.cert.clone()], pki.key.clone_key())
+        .unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = [0u8; 4096];
+                    let _ = tls.read(&mut buf).await;
+                    let _ = tls
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        port
+    }
+
+    fn client_on(config: rustls::ClientConfig) -> reqwest::Client {
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(config)
+            .build()
+            .unwrap()
+    }
+
+    fn chain(e: &reqwest::Error) -> String {
+        let mut out = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            out.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn roots_are_read_once_at_the_first_certificate_check() {
+        let pki = pki();
+        let port = https_server(&pki).await;
+        let loads = Arc::new(AtomicUsize::new(0));
+        let (counter, ca) = (loads.clone(), pki.ca.clone());
+        let config = config_with(Box::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            vec![ca.clone()]
+        }));
+
+        let first = client_on(config.clone());
+        let second = client_on(config);
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            0,
+            "building clients reads no roots"
+        );
+
+        let url = format!("https://localhost:{port}/");
+        for client in [&first, &second, &first] {
+            let r = client.get(&url).send().await.expect("trusted server");
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.text().await.unwrap(), "ok");
+        }
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            1,
+            "one root store for the process"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_certificate_from_an_unknown_issuer_is_refused() {
+        let pki = pki();
+        let port = https_server(&pki).await;
+        let other_ca = self::pki().ca;
+        let config = config_with(Box::new(move || vec![other_ca.clone()]));
+        let e = client_on(config)
+            .get(format!("https://localhost:{port}/"))
+            .send()
+            .await
+            .expect_err("an unknown issuer must be refused");
+        assert!(
+            chain(&e).contains("invalid peer certificate: UnknownIssuer"),
+            "{}",
+            chain(&e)
+        );
+
+        // The process's own configuration (the system's roots) refuses it too.
+        let e = client(reqwest::Client::builder())
+            .get(format!("https://localhost:{port}/"))
+            .send()
+            .await
+            .expect_err("a private CA is not a system root");
+        // (A machine without any system roots refuses every server.)
+        let refused = chain(&e);
+        assert!(
+            refused.contains("invalid peer certificate: UnknownIssuer")
+                || refused.contains("no usable root certificates"),
+            "{refused}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_certificate_for_another_name_is_refused() {
+        let pki = pki();
+        let port = https_server(&pki).await;
+        let ca = pki.ca.clone();
+        let config = config_with(Box::new(move || vec![ca.clone()]));
+        let e = client_on(config)
+            .get(format!("https://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .expect_err("the certificate names localhost only");
+        assert!(chain(&e).contains("not valid for name"), "{}", chain(&e));
     }
 }

@@ -9,12 +9,13 @@
 //! - warm p50/p99: one invocation's round trip through the emulator;
 //! - peak RSS (`VmHWM`) after the warm run.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use e2e::{FunctionProcess, RuntimeApi, TestEnv, V2Response, v2_event};
 use serde_json::{Value, json};
 
-use crate::report::{ms, n, pct, release_binary, row};
+use crate::report::{ms, n, pct, release_binary, row, target_dir};
 
 /// What runs as the function.
 #[derive(Clone, Copy)]
@@ -185,6 +186,7 @@ async fn warm(
     // Let work the primes left in the background (a code's upload) settle first.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut times = Vec::with_capacity(count);
+    let perf = perf_record(pid, what).await;
     let cpu0 = cpu_ns(pid);
     for i in 0..count {
         let e = event(i);
@@ -193,10 +195,97 @@ async fn warm(
         times.push(started.elapsed());
     }
     let cpu = Duration::from_nanos((cpu_ns(pid) - cpu0) / count as u64);
+    if let Some(perf) = perf {
+        perf.stop().await;
+    }
     let rss = vm_hwm_kb(pid);
     f.kill().await;
     times.sort();
     (times, cpu, rss)
+}
+
+/// `perf record` of the warm run whose name is `BENCH_PERF`, into `target/perf-<name>.data`.
+struct Perf(tokio::process::Child, PathBuf);
+
+impl Perf {
+    async fn stop(mut self) {
+        if let Some(id) = self.0.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &id.to_string()])
+                .status();
+        }
+        let _ = self.0.wait().await;
+        println!("  (perf data: {}; `perf report -i` it)", self.1.display());
+    }
+}
+
+async fn perf_record(pid: u32, what: &str) -> Option<Perf> {
+    if std::env::var("BENCH_PERF").ok().as_deref() != Some(what) {
+        return None;
+    }
+    let out = target_dir().join(format!("perf-{}.data", what.replace([' ', '/'], "_")));
+    let child = tokio::process::Command::new("perf")
+        .args(["record", "-F", "4999", "--call-graph", "dwarf,32768", "-o"])
+        .arg(&out)
+        .args(["-p", &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Some(Perf(child, out))
+}
+
+/// An HTTP/1.1 keep-alive front for `upstream`: each request is passed on as it is (host header
+/// included, so signatures still match) over a connection of the proxy's own.
+async fn keep_alive_proxy(upstream: &str) -> String {
+    use axum::body::{Body, Bytes};
+    use axum::extract::{Request, State};
+    use axum::response::Response;
+
+    async fn pass(
+        State((http, upstream)): State<(reqwest::Client, String)>,
+        req: Request,
+    ) -> Response {
+        let (parts, body) = req.into_parts();
+        let body: Bytes = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .unwrap_or_default();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut headers = parts.headers.clone();
+        headers.remove(http::header::CONNECTION);
+        let answer = http
+            .request(parts.method.clone(), format!("{upstream}{path}"))
+            .headers(headers)
+            .body(body)
+            .send()
+            .await;
+        let Ok(answer) = answer else {
+            return Response::builder().status(502).body(Body::empty()).unwrap();
+        };
+        let mut out = Response::builder().status(answer.status());
+        for (k, v) in answer.headers() {
+            if k != http::header::CONNECTION && k != http::header::TRANSFER_ENCODING {
+                out = out.header(k, v);
+            }
+        }
+        let bytes = answer.bytes().await.unwrap_or_default();
+        out.body(Body::from(bytes)).unwrap()
+    }
+
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let app = axum::Router::new()
+        .fallback(pass)
+        .with_state((http, upstream.trim_end_matches('/').to_string()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("proxy") });
+    format!("http://{addr}")
 }
 
 fn login_event(code: &str) -> Value {
@@ -216,6 +305,12 @@ fn code_event(bearer: &str, scene: &str) -> Value {
     )
 }
 
+/// Whether scenario `what` runs: all of them, or those named in `BENCH_ONLY` (comma-separated:
+/// login, GET /session, code miss, code hit, python login, echo).
+fn only(what: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |o| o.split(',').any(|w| w.trim() == what))
+}
+
 /// Every scenario, printed as a table, then the targets.
 pub async fn run() {
     let env = TestEnv::with(e2e::Options {
@@ -223,7 +318,22 @@ pub async fn run() {
         ..Default::default()
     })
     .await;
-    let fenv = env.function_env().await;
+    // DynamoDB and S3 keep connections alive; moto's server closes each one (werkzeug). The
+    // functions reach moto through a keep-alive proxy in this process, so their CPU is what it
+    // would be against AWS, not a TCP handshake per call (for the Python peer too).
+    let proxy = keep_alive_proxy(&env.endpoint).await;
+    let fenv: Vec<(String, String)> = env
+        .function_env()
+        .await
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "AWS_ENDPOINT_URL" {
+                (k, proxy.clone())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
     let bearer = env.login("bench").await;
     let sandbox = env.sandbox();
     // Logins by returning users, a hundred of them, each with a fresh single-use code.
@@ -260,131 +370,145 @@ pub async fn run() {
         all.push(f);
     };
 
-    // login: POST /login.
-    let count = n(2_000);
-    let c = cold(
-        Runner::Rust("login"),
-        &fenv,
-        starts,
-        &mut |i| login("cold", i),
-        "login",
-    )
-    .await;
-    let w = warm(
-        Runner::Rust("login"),
-        &fenv,
-        &mut |i| login("prime", i),
-        1,
-        count,
-        &mut |i| login("warm", i),
-        "login",
-    )
-    .await;
-    figures("login: POST /login".into(), c, w, count + 1);
+    if only("login") {
+        // login: POST /login.
+        let count = n(2_000);
+        let c = cold(
+            Runner::Rust("login"),
+            &fenv,
+            starts,
+            &mut |i| login("cold", i),
+            "login",
+        )
+        .await;
+        let w = warm(
+            Runner::Rust("login"),
+            &fenv,
+            &mut |i| login("prime", i),
+            1,
+            count,
+            &mut |i| login("warm", i),
+            "login",
+        )
+        .await;
+        figures("login: POST /login".into(), c, w, count + 1);
+    }
 
-    // login: GET /session, 10,000 of them: the RSS after many requests.
-    let count = n(10_000);
-    let auth = format!("Bearer {bearer}");
-    let session = v2_event("GET", "/session", &[("authorization", &auth)], None, false);
-    let w = warm(
-        Runner::Rust("login"),
-        &fenv,
-        &mut |_| session.clone(),
-        1,
-        count,
-        &mut |_| session.clone(),
-        "GET /session",
-    )
-    .await;
-    figures("login: GET /session".into(), (vec![], vec![]), w, count + 1);
+    if only("GET /session") {
+        // login: GET /session, 10,000 of them: the RSS after many requests.
+        let count = n(10_000);
+        let auth = format!("Bearer {bearer}");
+        let session = v2_event("GET", "/session", &[("authorization", &auth)], None, false);
+        let w = warm(
+            Runner::Rust("login"),
+            &fenv,
+            &mut |_| session.clone(),
+            1,
+            count,
+            &mut |_| session.clone(),
+            "GET /session",
+        )
+        .await;
+        figures("login: GET /session".into(), (vec![], vec![]), w, count + 1);
+    }
 
-    // qrcode: a code not made before (WeChat renders it; uploaded to S3 after the answer).
-    let count = n(1_000);
-    let c = cold(
-        Runner::Rust("qrcode"),
-        &fenv,
-        starts,
-        &mut |i| code_event(&bearer, &format!("cold{i}")),
-        "code (cold)",
-    )
-    .await;
-    let w = warm(
-        Runner::Rust("qrcode"),
-        &fenv,
-        &mut |_| code_event(&bearer, "prime"),
-        1,
-        count,
-        &mut |i| code_event(&bearer, &format!("miss{i}")),
-        "code miss",
-    )
-    .await;
-    figures("qrcode: code miss".into(), c, w, count + 1);
+    if only("code miss") {
+        // qrcode: a code not made before (WeChat renders it; uploaded to S3 after the answer).
+        let count = n(1_000);
+        let c = cold(
+            Runner::Rust("qrcode"),
+            &fenv,
+            starts,
+            &mut |i| code_event(&bearer, &format!("cold{i}")),
+            "code (cold)",
+        )
+        .await;
+        let w = warm(
+            Runner::Rust("qrcode"),
+            &fenv,
+            &mut |_| code_event(&bearer, "prime"),
+            1,
+            count,
+            &mut |i| code_event(&bearer, &format!("miss{i}")),
+            "code miss",
+        )
+        .await;
+        figures("qrcode: code miss".into(), c, w, count + 1);
+    }
 
-    // qrcode: the same code again (served from S3).
-    let count = n(10_000);
-    let w = warm(
-        Runner::Rust("qrcode"),
-        &fenv,
-        &mut |_| code_event(&bearer, "hit"),
-        1,
-        count,
-        &mut |_| code_event(&bearer, "hit"),
-        "code hit",
-    )
-    .await;
-    figures(
-        "qrcode: code hit (S3)".into(),
-        (vec![], vec![]),
-        w,
-        count + 1,
-    );
+    if only("code hit") {
+        // qrcode: the same code again (served from S3).
+        let count = n(10_000);
+        let w = warm(
+            Runner::Rust("qrcode"),
+            &fenv,
+            &mut |_| code_event(&bearer, "hit"),
+            1,
+            count,
+            &mut |_| code_event(&bearer, "hit"),
+            "code hit",
+        )
+        .await;
+        figures(
+            "qrcode: code hit (S3)".into(),
+            (vec![], vec![]),
+            w,
+            count + 1,
+        );
+    }
 
-    // The Python peer doing the same login.
-    let count = n(2_000);
-    let c = cold(
-        Runner::Python,
-        &fenv,
-        python_starts,
-        &mut |i| login("pycold", i),
-        "python login",
-    )
-    .await;
-    let w = warm(
-        Runner::Python,
-        &fenv,
-        &mut |i| login("pyprime", i),
-        1,
-        count,
-        &mut |i| login("pywarm", i),
-        "python login",
-    )
-    .await;
-    figures("python peer: POST /login".into(), c, w, count + 1);
+    if only("python login") {
+        // The Python peer doing the same login.
+        let count = n(2_000);
+        let c = cold(
+            Runner::Python,
+            &fenv,
+            python_starts,
+            &mut |i| login("pycold", i),
+            "python login",
+        )
+        .await;
+        let w = warm(
+            Runner::Python,
+            &fenv,
+            &mut |i| login("pyprime", i),
+            1,
+            count,
+            &mut |i| login("pywarm", i),
+            "python login",
+        )
+        .await;
+        figures("python peer: POST /login".into(), c, w, count + 1);
+    }
 
-    // The floor: a lambda_http function that answers at once.
-    let count = n(10_000);
-    let echo = v2_event("GET", "/echo", &[], None, false);
-    let c = cold(
-        Runner::Rust("echo-floor"),
-        &fenv,
-        starts,
-        &mut |_| echo.clone(),
-        "echo",
-    )
-    .await;
-    let w = warm(
-        Runner::Rust("echo-floor"),
-        &fenv,
-        &mut |_| echo.clone(),
-        1,
-        count,
-        &mut |_| echo.clone(),
-        "echo",
-    )
-    .await;
-    figures("echo floor (lambda_http)".into(), c, w, count + 1);
+    if only("echo") {
+        // The floor: a lambda_http function that answers at once.
+        let count = n(10_000);
+        let echo = v2_event("GET", "/echo", &[], None, false);
+        let c = cold(
+            Runner::Rust("echo-floor"),
+            &fenv,
+            starts,
+            &mut |_| echo.clone(),
+            "echo",
+        )
+        .await;
+        let w = warm(
+            Runner::Rust("echo-floor"),
+            &fenv,
+            &mut |_| echo.clone(),
+            1,
+            count,
+            &mut |_| echo.clone(),
+            "echo",
+        )
+        .await;
+        figures("echo floor (lambda_http)".into(), c, w, count + 1);
+    }
 
-    targets(&all);
+    if std::env::var_os("BENCH_ONLY").is_none() {
+        targets(&all);
+    }
 }
 
 fn targets(all: &[Figures]) {

@@ -22,7 +22,9 @@ async fn main() {
             ""
         }
     );
-    sizes::sizes();
-    upstream::upstream_calls().await;
+    if std::env::var_os("BENCH_ONLY").is_none() {
+        sizes::sizes();
+        upstream::upstream_calls().await;
+    }
     billing::run().await;
 }

@@ -41,9 +41,15 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| e2e::moto::workspace_root().join("target"))
 }
 
-/// A binary of the release build (`scripts/bench.sh` builds them first).
+/// The build profile measured: `release` (what is deployed), or `BENCH_PROFILE` (`profiling`:
+/// the same with symbols, for `perf`).
+pub fn profile() -> String {
+    std::env::var("BENCH_PROFILE").unwrap_or_else(|_| "release".to_string())
+}
+
+/// A binary of the measured build (`scripts/bench.sh` builds them first).
 pub fn release_binary(name: &str) -> PathBuf {
-    let p = target_dir().join("release").join(name);
+    let p = target_dir().join(profile()).join(name);
     assert!(
         p.exists(),
         "{} is missing: run scripts/bench.sh (it builds the release binaries)",
