@@ -4,11 +4,20 @@
 
 use std::time::Duration;
 
+use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::{BehaviorVersion, SdkConfig, timeout::TimeoutConfig};
+use aws_smithy_types::checksum_config::{RequestChecksumCalculation, ResponseChecksumValidation};
 
 pub async fn sdk_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .http_client(crate::net::aws_http_client())
+        // The attempt and operation timeouts below bound every call; the stalled-stream
+        // watchdog's per-poll bookkeeping would only add CPU to each request.
+        .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+        // Checksums only where an API requires them: TLS guards the bytes in transit, and a
+        // cached code is checked by its image magic when read (CPU per code request).
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(1))

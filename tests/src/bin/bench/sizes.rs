@@ -42,8 +42,14 @@ pub fn sizes() {
             // (CI's fallback) is shown but not judged.
             let judged = machine == "arm64";
             arm_built |= judged;
+            // A bootstrap older than the host build may predate the code measured here.
+            let older = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            let stale = older(&bootstrap) < older(&release_binary(name));
             row(
-                &format!("{name}: bootstrap ({machine}, cargo lambda build)"),
+                &format!(
+                    "{name}: bootstrap ({machine}, cargo lambda build{})",
+                    if stale { ", older than this build" } else { "" }
+                ),
                 mb(m.len()),
                 if judged { "<= 8 MB" } else { "-" },
                 judged.then_some(m.len() <= 8_000_000),
