@@ -19,6 +19,8 @@ pub async fn sdk_config() -> SdkConfig {
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         .timeout_config(
+            // The connect (1 s) and read (2 s) timeouts live on the HTTP client (net.rs); the
+            // connect timeout here only documents the same figure.
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(1))
                 .operation_attempt_timeout(Duration::from_secs(2))

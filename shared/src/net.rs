@@ -32,7 +32,7 @@ type LoadRoots = Box<dyn Fn() -> Vec<CertificateDer<'static>> + Send + Sync>;
 struct LazyRoots {
     provider: Arc<CryptoProvider>,
     load: LoadRoots,
-    verifier: OnceLock<Result<Arc<WebPkiServerVerifier>, String>>,
+    verifier: OnceLock<Arc<WebPkiServerVerifier>>,
 }
 
 impl std::fmt::Debug for LazyRoots {
@@ -53,18 +53,22 @@ fn system_roots() -> Vec<CertificateDer<'static>> {
 }
 
 impl LazyRoots {
+    /// The verifier, built on first use. A failed build is not kept: the next handshake tries
+    /// again, so an instance whose first read failed does not refuse every server until recycled.
     fn verifier(&self) -> Result<&WebPkiServerVerifier, rustls::Error> {
-        self.verifier
-            .get_or_init(|| {
-                let mut roots = RootCertStore::empty();
-                let (added, ignored) = roots.add_parsable_certificates((self.load)());
-                tracing::debug!(added, ignored, "system root certificates loaded");
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                    .build()
-                    .map_err(|e| format!("no usable root certificates: {e}"))
-            })
-            .as_deref()
-            .map_err(|e| rustls::Error::General(e.clone()))
+        if let Some(v) = self.verifier.get() {
+            return Ok(v);
+        }
+        let mut roots = RootCertStore::empty();
+        let (added, ignored) = roots.add_parsable_certificates((self.load)());
+        tracing::debug!(added, ignored, "root certificates loaded");
+        let built =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(format!("no usable root certificates: {e}")))?;
+        // Two first handshakes at once may both build; the first one stored is used by all.
+        let _ = self.verifier.set(built);
+        Ok(self.verifier.get().expect("set above"))
     }
 }
 
@@ -155,14 +159,18 @@ pub fn client(builder: reqwest::ClientBuilder) -> reqwest::Client {
 }
 
 /// The AWS SDK's HTTP client: requests go through reqwest, on the shared TLS configuration.
-/// Connect and read timeouts are set here (the SDK's own operation and attempt timeouts still
-/// apply on top); no total timeout, which would cut an S3 body short.
+/// Connect and read timeouts are set here, not taken from the SDK's per-operation settings (the
+/// SDK's attempt and operation timeouts still apply on top); no total timeout, which would cut an
+/// S3 body short. As the SDK's own client: no redirects followed (the SDK reports them), no
+/// proxy from the environment.
 pub fn aws_http_client() -> SharedHttpClient {
     let http = client(
         reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
             .read_timeout(Duration::from_secs(2))
-            .pool_idle_timeout(Duration::from_secs(50)),
+            .pool_idle_timeout(Duration::from_secs(50))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy(),
     );
     SharedHttpClient::new(ReqwestHttpClient(SharedHttpConnector::new(
         ReqwestConnector(http),
@@ -332,6 +340,33 @@ mod tests {
             1,
             "one root store for the process"
         );
+    }
+
+    #[tokio::test]
+    async fn a_failed_root_load_is_tried_again_at_the_next_handshake() {
+        let pki = pki();
+        let port = https_server(&pki).await;
+        let loads = Arc::new(AtomicUsize::new(0));
+        let (counter, ca) = (loads.clone(), pki.ca.clone());
+        // The first read finds no roots (a transient failure); the second finds the CA.
+        let config = config_with(Box::new(move || {
+            if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                Vec::new()
+            } else {
+                vec![ca.clone()]
+            }
+        }));
+        let client = client_on(config);
+        let url = format!("https://localhost:{port}/");
+        let e = client.get(&url).send().await.expect_err("no roots yet");
+        assert!(
+            chain(&e).contains("no usable root certificates"),
+            "{}",
+            chain(&e)
+        );
+        let r = client.get(&url).send().await.expect("roots read again");
+        assert_eq!(r.status(), 200);
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -194,7 +194,7 @@ async fn warm(
         invoke_ok(&api, e, what, &f).await;
         times.push(started.elapsed());
     }
-    let cpu = Duration::from_nanos((cpu_ns(pid) - cpu0) / count as u64);
+    let cpu = Duration::from_nanos(cpu_ns(pid).saturating_sub(cpu0) / count as u64);
     if let Some(perf) = perf {
         perf.stop().await;
     }

@@ -52,7 +52,8 @@ pub fn sizes() {
                 ),
                 mb(m.len()),
                 if judged { "<= 8 MB" } else { "-" },
-                judged.then_some(m.len() <= 8_000_000),
+                // A stale build is shown, not judged.
+                (judged && !stale).then_some(m.len() <= 8_000_000),
             );
             if let Some(z) = zipped_size(&bootstrap) {
                 row(
