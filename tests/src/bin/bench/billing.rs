@@ -164,12 +164,12 @@ async fn cold(
     (init, first)
 }
 
-/// One process, `prime` untimed invocations, then `count` timed ones.
+/// One process, one untimed invocation (`prime`: the instance's own first-request work), then
+/// `count` timed ones.
 async fn warm(
     runner: Runner,
     env: &[(String, String)],
-    prime: &mut dyn FnMut(usize) -> Value,
-    primes: usize,
+    prime: Value,
     count: usize,
     event: &mut dyn FnMut(usize) -> Value,
     what: &str,
@@ -180,10 +180,8 @@ async fn warm(
         .await
         .unwrap_or_else(|e| panic!("{what} starts: {e}\n{}", f.output()));
     let pid = f.pid().expect("function runs");
-    for i in 0..primes {
-        invoke_ok(&api, prime(i), what, &f).await;
-    }
-    // Let work the primes left in the background (a code's upload) settle first.
+    invoke_ok(&api, prime, what, &f).await;
+    // Let work the prime left in the background (a code's upload) settle first.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut times = Vec::with_capacity(count);
     let perf = perf_record(pid, what).await;
@@ -384,8 +382,7 @@ pub async fn run() {
         let w = warm(
             Runner::Rust("login"),
             &fenv,
-            &mut |i| login("prime", i),
-            1,
+            login("prime", 0),
             count,
             &mut |i| login("warm", i),
             "login",
@@ -402,8 +399,7 @@ pub async fn run() {
         let w = warm(
             Runner::Rust("login"),
             &fenv,
-            &mut |_| session.clone(),
-            1,
+            session.clone(),
             count,
             &mut |_| session.clone(),
             "GET /session",
@@ -426,8 +422,7 @@ pub async fn run() {
         let w = warm(
             Runner::Rust("qrcode"),
             &fenv,
-            &mut |_| code_event(&bearer, "prime"),
-            1,
+            code_event(&bearer, "prime"),
             count,
             &mut |i| code_event(&bearer, &format!("miss{i}")),
             "code miss",
@@ -442,8 +437,7 @@ pub async fn run() {
         let w = warm(
             Runner::Rust("qrcode"),
             &fenv,
-            &mut |_| code_event(&bearer, "hit"),
-            1,
+            code_event(&bearer, "hit"),
             count,
             &mut |_| code_event(&bearer, "hit"),
             "code hit",
@@ -471,8 +465,7 @@ pub async fn run() {
         let w = warm(
             Runner::Python,
             &fenv,
-            &mut |i| login("pyprime", i),
-            1,
+            login("pyprime", 0),
             count,
             &mut |i| login("pywarm", i),
             "python login",
@@ -496,8 +489,7 @@ pub async fn run() {
         let w = warm(
             Runner::Rust("echo-floor"),
             &fenv,
-            &mut |_| echo.clone(),
-            1,
+            echo.clone(),
             count,
             &mut |_| echo.clone(),
             "echo",
