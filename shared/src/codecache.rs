@@ -4,10 +4,7 @@
 
 use std::time::Duration;
 
-use aws_sdk_s3::Client;
-use aws_sdk_s3::error::DisplayErrorContext;
-use aws_sdk_s3::primitives::ByteStream;
-
+use crate::aws::S3;
 use crate::wechat::Image;
 
 /// The prefix of every cached code (the template's lifecycle rule expires objects under it).
@@ -15,12 +12,12 @@ pub const PREFIX: &str = "codes/";
 
 #[derive(Clone)]
 pub struct CodeCache {
-    client: Client,
+    client: S3,
     bucket: String,
 }
 
 impl CodeCache {
-    pub fn new(client: Client, bucket: impl Into<String>) -> Self {
+    pub fn new(client: S3, bucket: impl Into<String>) -> Self {
         CodeCache {
             client,
             bucket: bucket.into(),
@@ -40,36 +37,21 @@ impl CodeCache {
     }
 
     async fn get_inner(&self, key: &str) -> Option<Image> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(o) => o,
+        let bytes = match self.client.get_object(&self.bucket, key).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return None,
             Err(e) => {
-                let missing = e.as_service_error().is_some_and(|se| se.is_no_such_key());
-                if !missing {
-                    tracing::warn!(error = %DisplayErrorContext(&e), "code cache read failed; asking WeChat");
-                }
+                tracing::warn!(error = %e, "code cache read failed; asking WeChat");
                 return None;
             }
         };
-        match out.body.collect().await {
-            Ok(b) => match Image::from_bytes(b.into_bytes()) {
-                Ok(image) => Some(image),
-                Err(bytes) => {
-                    tracing::warn!(
-                        bytes = bytes.len(),
-                        "cached code is not an image; asking WeChat"
-                    );
-                    None
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "code cache read failed midway; asking WeChat");
+        match Image::from_bytes(bytes) {
+            Ok(image) => Some(image),
+            Err(bytes) => {
+                tracing::warn!(
+                    bytes = bytes.len(),
+                    "cached code is not an image; asking WeChat"
+                );
                 None
             }
         }
@@ -77,16 +59,15 @@ impl CodeCache {
 
     pub async fn put(&self, key: &str, image: &Image) -> Result<(), String> {
         self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(image.content_type)
-            .cache_control("public, max-age=31536000, immutable")
-            .body(ByteStream::from(image.bytes.clone()))
-            .send()
+            .put_object(
+                &self.bucket,
+                key,
+                image.bytes.clone(),
+                image.content_type,
+                "public, max-age=31536000, immutable",
+            )
             .await
-            .map(|_| ())
-            .map_err(|e| DisplayErrorContext(&e).to_string())
+            .map_err(|e| e.to_string())
     }
 
     /// Stores the image without holding up the answer for long: the upload runs concurrently and
@@ -104,31 +85,13 @@ impl CodeCache {
 
     /// Creates the bucket if it is missing (local server and tests; in AWS the template does).
     pub async fn ensure_bucket(&self) -> Result<(), String> {
-        if self
-            .client
-            .head_bucket()
-            .bucket(&self.bucket)
-            .send()
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        match self
-            .client
-            .create_bucket()
-            .bucket(&self.bucket)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_bucket_already_owned_by_you()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(DisplayErrorContext(&e).to_string()),
+        match self.client.bucket_exists(&self.bucket).await {
+            Ok(true) => Ok(()),
+            _ => self
+                .client
+                .create_bucket(&self.bucket)
+                .await
+                .map_err(|e| e.to_string()),
         }
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! Before this, reqwest and the AWS SDK each brought their own TLS stack, and each read the
 //! system's CA bundle and every file under `/etc/ssl/certs` while the clients were being built:
-//! twice per cold start, before the first poll. Now the AWS SDK sends its requests through reqwest
-//! ([`aws_http_client`]), and the roots are read once, when the first HTTPS connection needs them.
+//! twice per cold start, before the first poll. Now AWS calls go through reqwest
+//! ([`aws_reqwest_client`], [`aws_http_client`]), and the roots are read once, when the first
+//! HTTPS connection needs them.
 
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
@@ -158,22 +159,26 @@ pub fn client(builder: reqwest::ClientBuilder) -> reqwest::Client {
         .expect("the HTTP client could not be built")
 }
 
-/// The AWS SDK's HTTP client: requests go through reqwest, on the shared TLS configuration.
-/// Connect and read timeouts are set here, not taken from the SDK's per-operation settings (the
-/// SDK's attempt and operation timeouts still apply on top); no total timeout, which would cut an
-/// S3 body short. As the SDK's own client: no redirects followed (the SDK reports them), no
-/// proxy from the environment.
-pub fn aws_http_client() -> SharedHttpClient {
-    let http = client(
+/// The HTTP client for AWS calls, on the shared TLS configuration. Connect (1 s) and read (2 s)
+/// timeouts; no total timeout (each call sets its own). As the SDK's own client: no redirects
+/// followed (AWS reports them), no proxy from the environment.
+pub fn aws_reqwest_client() -> reqwest::Client {
+    client(
         reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
             .read_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(50))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy(),
-    );
+    )
+}
+
+/// The same client as the AWS SDK's HTTP client, for what the `SdkConfig` itself calls
+/// (credential providers: STS, SSO, the container and instance metadata endpoints). The SDK's
+/// attempt and operation timeouts apply on top.
+pub fn aws_http_client() -> SharedHttpClient {
     SharedHttpClient::new(ReqwestHttpClient(SharedHttpConnector::new(
-        ReqwestConnector(http),
+        ReqwestConnector(aws_reqwest_client()),
     )))
 }
 

@@ -98,7 +98,7 @@ impl TestEnv {
         let endpoint = moto::endpoint().await;
         let sdk = moto::sdk_config(&endpoint).await;
         let table = moto::unique_name("t");
-        let dynamo = moto::dynamodb_client(&sdk);
+        let dynamo = wxmp::aws::dynamodb(&sdk);
         wxmp::store::ensure_table(&dynamo, &table)
             .await
             .expect("table created");
@@ -327,6 +327,6 @@ fn build_app(
     let config =
         Config::from_lookup(|k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
             .expect("test configuration is valid");
-    let codes = bucket.map(|b| CodeCache::new(moto::s3_client(sdk), b));
+    let codes = bucket.map(|b| CodeCache::new(wxmp::aws::s3(sdk), b));
     App::new(config, store).with_code_cache(codes)
 }

@@ -5,119 +5,100 @@
 //! - `lease#<name>`: holder, until_ms, expires_at (TTL)
 //! - `quota#<name>`: used, expires_at (TTL)
 //!
-//! Every request is marked as a wait on the store (see [`crate::scope`]).
-
-use std::collections::HashMap;
+//! Requests are DynamoDB's JSON documents (`crate::aws::DynamoDb`). Every request is marked as a
+//! wait on the store (see [`crate::scope`]).
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ScalarAttributeType, TimeToLiveSpecification,
-};
+use serde_json::{Map, Value, json};
 
 use super::*;
-
-type Item = HashMap<String, AttributeValue>;
+use crate::aws::{AwsError, DynamoDb};
 
 #[derive(Clone)]
 pub struct DynamoStore {
-    client: Client,
+    client: DynamoDb,
     table: String,
 }
 
 impl DynamoStore {
-    pub fn new(client: Client, table: impl Into<String>) -> Self {
+    pub fn new(client: DynamoDb, table: impl Into<String>) -> Self {
         DynamoStore {
             client,
             table: table.into(),
         }
     }
 
-    async fn get(&self, pk: String) -> Result<Option<Item>, StoreError> {
+    async fn call(&self, operation: &str, mut request: Value) -> Result<Value, AwsError> {
+        request["TableName"] = json!(self.table);
+        crate::scope::waiting_on(
+            crate::scope::Waiting::Store,
+            self.client.call(operation, &request),
+        )
+        .await
+    }
+
+    /// A strongly consistent read of the item `pk`.
+    async fn get(&self, pk: String) -> Result<Option<Map<String, Value>>, StoreError> {
         let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .consistent_read(true)
-            .send()
-            .in_store()
+            .call(
+                "GetItem",
+                json!({"Key": {"pk": s(pk)}, "ConsistentRead": true}),
+            )
             .await
             .map_err(err)?;
-        Ok(out.item)
+        Ok(match out {
+            Value::Object(mut o) => match o.remove("Item") {
+                Some(Value::Object(item)) => Some(item),
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
+    /// A conditional write: true if it was made, false if its condition failed (an answer for
+    /// us, not a fault).
+    async fn conditional(&self, operation: &str, request: Value) -> Result<bool, StoreError> {
+        match self.call(operation, request).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.code == "ConditionalCheckFailedException" => Ok(false),
+            Err(e) => Err(err(e)),
+        }
     }
 }
 
-/// Marks a DynamoDB request as a wait on the store.
-trait InStore: std::future::Future + Sized {
-    fn in_store(self) -> impl std::future::Future<Output = Self::Output> {
-        crate::scope::waiting_on(crate::scope::Waiting::Store, self)
-    }
+fn s(v: impl Into<String>) -> Value {
+    json!({ "S": v.into() })
 }
-impl<F: std::future::Future> InStore for F {}
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
+fn n(v: u64) -> Value {
+    json!({ "N": v.to_string() })
 }
-fn n(v: u64) -> AttributeValue {
-    AttributeValue::N(v.to_string())
+fn get_s(item: &Map<String, Value>, k: &str) -> Option<String> {
+    item.get(k)?.get("S")?.as_str().map(str::to_string)
 }
-fn get_s(item: &Item, k: &str) -> Option<String> {
-    item.get(k).and_then(|v| v.as_s().ok()).cloned()
-}
-fn get_n(item: &Item, k: &str) -> Option<u64> {
-    item.get(k)
-        .and_then(|v| v.as_n().ok())
-        .and_then(|v| v.parse().ok())
+fn get_n(item: &Map<String, Value>, k: &str) -> Option<u64> {
+    item.get(k)?.get("N")?.as_str()?.parse().ok()
 }
 
-/// Keeps the whole error chain (the SDK's `Display` alone says only "service error").
-fn err<E: std::error::Error + 'static>(e: E) -> StoreError {
-    StoreError(DisplayErrorContext(e).to_string())
-}
-
-/// The outcome of a conditional write: true if it was made, false if its condition failed (an
-/// answer for us, not a fault).
-fn conditional<T, E, R>(r: Result<T, SdkError<E, R>>) -> Result<bool, StoreError>
-where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug + 'static,
-{
-    match r {
-        Ok(_) => Ok(true),
-        Err(e) if is_condition_failed(&e) => Ok(false),
-        Err(e) => Err(err(e)),
-    }
-}
-
-/// True when the error is a failed `ConditionExpression`.
-fn is_condition_failed<E, R>(e: &SdkError<E, R>) -> bool
-where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
-{
-    e.as_service_error()
-        .and_then(|se| se.code())
-        .is_some_and(|c| c == "ConditionalCheckFailedException")
+fn err(e: AwsError) -> StoreError {
+    StoreError(e.to_string())
 }
 
 #[async_trait]
 impl SessionStore for DynamoStore {
     async fn put_session(&self, key: &str, r: &SessionRecord) -> Result<(), StoreError> {
-        let mut req = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(session_pk(key)))
-            .item("openid", s(&r.openid))
-            .item("session_key", s(r.session_key.expose()))
-            .item("created_at", n(r.created_at))
-            .item("expires_at", n(r.expires_at));
+        let mut item = json!({
+            "pk": s(session_pk(key)),
+            "openid": s(&r.openid),
+            "session_key": s(r.session_key.expose()),
+            "created_at": n(r.created_at),
+            "expires_at": n(r.expires_at),
+        });
         if let Some(u) = &r.unionid {
-            req = req.item("unionid", s(u));
+            item["unionid"] = s(u);
         }
-        req.send().in_store().await.map_err(err)?;
+        self.call("PutItem", json!({ "Item": item }))
+            .await
+            .map_err(err)?;
         Ok(())
     }
 
@@ -139,12 +120,7 @@ impl SessionStore for DynamoStore {
     }
 
     async fn delete_session(&self, key: &str) -> Result<(), StoreError> {
-        self.client
-            .delete_item()
-            .table_name(&self.table)
-            .key("pk", s(session_pk(key)))
-            .send()
-            .in_store()
+        self.call("DeleteItem", json!({ "Key": { "pk": s(session_pk(key)) } }))
             .await
             .map_err(err)?;
         Ok(())
@@ -161,24 +137,24 @@ impl UserStore for DynamoStore {
     ) -> Result<bool, StoreError> {
         let mut expr =
             "SET last_login = :now, first_seen = if_not_exists(first_seen, :now)".to_string();
-        let mut req = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(user_pk(openid)))
-            .expression_attribute_values(":now", n(now))
-            .return_values(ReturnValue::AllOld);
+        let mut values = json!({ ":now": n(now) });
         if let Some(u) = unionid {
             expr.push_str(", unionid = :u");
-            req = req.expression_attribute_values(":u", s(u));
+            values[":u"] = s(u);
         }
-        let out = req
-            .update_expression(expr)
-            .send()
-            .in_store()
+        let out = self
+            .call(
+                "UpdateItem",
+                json!({
+                    "Key": { "pk": s(user_pk(openid)) },
+                    "UpdateExpression": expr,
+                    "ExpressionAttributeValues": values,
+                    "ReturnValues": "ALL_OLD",
+                }),
+            )
             .await
             .map_err(err)?;
-        Ok(out.attributes.is_none_or(|a| !a.contains_key("first_seen")))
+        Ok(out.pointer("/Attributes/first_seen").is_none())
     }
 }
 
@@ -198,39 +174,40 @@ impl TokenStore for DynamoStore {
     }
 
     async fn put_token(&self, key: &str, t: &StoredToken) -> Result<(), StoreError> {
-        let r = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(token_pk(key)))
-            .item("access_token", s(t.token.expose()))
-            .item("expires_at", n(t.expires_at))
-            .item("fetched_at_ms", n(t.fetched_at_ms))
-            // An item without fetched_at_ms (written by an older version) is always replaced.
-            .condition_expression(
-                "attribute_not_exists(pk) OR attribute_not_exists(fetched_at_ms) OR fetched_at_ms <= :f",
-            )
-            .expression_attribute_values(":f", n(t.fetched_at_ms))
-            .send().in_store().await;
-        conditional(r).map(|_| ())
+        self.conditional(
+            "PutItem",
+            json!({
+                "Item": {
+                    "pk": s(token_pk(key)),
+                    "access_token": s(t.token.expose()),
+                    "expires_at": n(t.expires_at),
+                    "fetched_at_ms": n(t.fetched_at_ms),
+                },
+                // An item without fetched_at_ms (written by an older version) is always replaced.
+                "ConditionExpression": "attribute_not_exists(pk) OR attribute_not_exists(fetched_at_ms) OR fetched_at_ms <= :f",
+                "ExpressionAttributeValues": { ":f": n(t.fetched_at_ms) },
+            }),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn delete_token_if(&self, key: &str, token: &Secret) -> Result<bool, StoreError> {
         // Marked expired rather than deleted: readers treat both alike, the next fetch overwrites
         // it, and concurrent reads never meet a half-deleted item (moto's server has that race).
-        let r = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(token_pk(key)))
-            .update_expression("SET expires_at = :now")
-            .condition_expression("access_token = :t")
-            .expression_attribute_values(":t", s(token.expose()))
-            .expression_attribute_values(":now", n(crate::now_secs()))
-            .send()
-            .in_store()
-            .await;
-        conditional(r)
+        self.conditional(
+            "UpdateItem",
+            json!({
+                "Key": { "pk": s(token_pk(key)) },
+                "UpdateExpression": "SET expires_at = :now",
+                "ConditionExpression": "access_token = :t",
+                "ExpressionAttributeValues": {
+                    ":t": s(token.expose()),
+                    ":now": n(crate::now_secs()),
+                },
+            }),
+        )
+        .await
     }
 
     async fn try_lease(
@@ -241,20 +218,20 @@ impl TokenStore for DynamoStore {
         ttl_ms: u64,
     ) -> Result<bool, StoreError> {
         let until = now_ms + ttl_ms;
-        let r = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(lease_pk(name)))
-            .item("holder", s(holder))
-            .item("until_ms", n(until))
-            .item("expires_at", n(until / 1000 + 1))
-            .condition_expression("attribute_not_exists(pk) OR until_ms <= :now")
-            .expression_attribute_values(":now", n(now_ms))
-            .send()
-            .in_store()
-            .await;
-        conditional(r)
+        self.conditional(
+            "PutItem",
+            json!({
+                "Item": {
+                    "pk": s(lease_pk(name)),
+                    "holder": s(holder),
+                    "until_ms": n(until),
+                    "expires_at": n(until / 1000 + 1),
+                },
+                "ConditionExpression": "attribute_not_exists(pk) OR until_ms <= :now",
+                "ExpressionAttributeValues": { ":now": n(now_ms) },
+            }),
+        )
+        .await
     }
 
     async fn renew_lease(
@@ -265,22 +242,22 @@ impl TokenStore for DynamoStore {
         ttl_ms: u64,
     ) -> Result<bool, StoreError> {
         let until = now_ms + ttl_ms;
-        let r = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(lease_pk(name)))
-            .update_expression("SET until_ms = :until, expires_at = :exp")
-            // Only a lease still held: a renewal that lands after the release must not revive it.
-            .condition_expression("holder = :h AND until_ms > :now")
-            .expression_attribute_values(":h", s(holder))
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":until", n(until))
-            .expression_attribute_values(":exp", n(until / 1000 + 1))
-            .send()
-            .in_store()
-            .await;
-        conditional(r)
+        self.conditional(
+            "UpdateItem",
+            json!({
+                "Key": { "pk": s(lease_pk(name)) },
+                "UpdateExpression": "SET until_ms = :until, expires_at = :exp",
+                // Only a lease still held: a renewal that lands after the release must not revive it.
+                "ConditionExpression": "holder = :h AND until_ms > :now",
+                "ExpressionAttributeValues": {
+                    ":h": s(holder),
+                    ":now": n(now_ms),
+                    ":until": n(until),
+                    ":exp": n(until / 1000 + 1),
+                },
+            }),
+        )
+        .await
     }
 
     async fn take_quota(
@@ -289,111 +266,83 @@ impl TokenStore for DynamoStore {
         limit: u32,
         expires_at: u64,
     ) -> Result<bool, StoreError> {
-        let r = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(quota_pk(name)))
-            .update_expression("ADD used :one SET expires_at = :exp")
-            .condition_expression("attribute_not_exists(used) OR used < :limit")
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":limit", n(u64::from(limit)))
-            .expression_attribute_values(":exp", n(expires_at))
-            .send()
-            .in_store()
-            .await;
-        conditional(r)
+        self.conditional(
+            "UpdateItem",
+            json!({
+                "Key": { "pk": s(quota_pk(name)) },
+                "UpdateExpression": "ADD used :one SET expires_at = :exp",
+                "ConditionExpression": "attribute_not_exists(used) OR used < :limit",
+                "ExpressionAttributeValues": {
+                    ":one": n(1),
+                    ":limit": n(u64::from(limit)),
+                    ":exp": n(expires_at),
+                },
+            }),
+        )
+        .await
     }
 
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         // Released by ending it now (not by deleting the item), for the same reason as above.
-        let r = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(lease_pk(name)))
-            .update_expression("SET until_ms = :zero")
-            .condition_expression("holder = :h")
-            .expression_attribute_values(":h", s(holder))
-            .expression_attribute_values(":zero", n(0))
-            .send()
-            .in_store()
-            .await;
-        conditional(r).map(|_| ())
+        self.conditional(
+            "UpdateItem",
+            json!({
+                "Key": { "pk": s(lease_pk(name)) },
+                "UpdateExpression": "SET until_ms = :zero",
+                "ConditionExpression": "holder = :h",
+                "ExpressionAttributeValues": { ":h": s(holder), ":zero": n(0) },
+            }),
+        )
+        .await
+        .map(|_| ())
     }
 }
 
 /// Creates the table if it is missing, with the key schema and TTL setting of template.yaml.
 /// For the local server and the tests; in AWS the template creates it.
-pub async fn ensure_table(client: &Client, table: &str) -> Result<(), StoreError> {
-    if client
-        .describe_table()
-        .table_name(table)
-        .send()
-        .in_store()
-        .await
-        .is_ok()
+pub async fn ensure_table(client: &DynamoDb, table: &str) -> Result<(), StoreError> {
+    let name = json!({ "TableName": table });
+    let status = |d: &Value| {
+        d.pointer("/Table/TableStatus")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    if let Ok(d) = client.call("DescribeTable", &name).await
+        && status(&d).as_deref() == Some("ACTIVE")
     {
         return Ok(());
     }
     let created = client
-        .create_table()
-        .table_name(table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(err)?,
+        .call(
+            "CreateTable",
+            &json!({
+                "TableName": table,
+                "BillingMode": "PAY_PER_REQUEST",
+                "AttributeDefinitions": [{ "AttributeName": "pk", "AttributeType": "S" }],
+                "KeySchema": [{ "AttributeName": "pk", "KeyType": "HASH" }],
+            }),
         )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(KeyType::Hash)
-                .build()
-                .map_err(err)?,
-        )
-        .send()
-        .in_store()
         .await;
-    if let Err(e) = created {
-        let in_use = e
-            .as_service_error()
-            .is_some_and(|se| se.is_resource_in_use_exception());
-        if !in_use {
-            return Err(err(e));
-        }
+    match created {
+        Ok(_) => {}
+        Err(e) if e.code == "ResourceInUseException" => {}
+        Err(e) => return Err(err(e)),
     }
     for _ in 0..60 {
-        let d = client
-            .describe_table()
-            .table_name(table)
-            .send()
-            .in_store()
-            .await
-            .map_err(err)?;
-        let active = d
-            .table
-            .and_then(|t| t.table_status)
-            .is_some_and(|s| s == aws_sdk_dynamodb::types::TableStatus::Active);
-        if active {
+        let d = client.call("DescribeTable", &name).await.map_err(err)?;
+        if status(&d).as_deref() == Some("ACTIVE") {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
     client
-        .update_time_to_live()
-        .table_name(table)
-        .time_to_live_specification(
-            TimeToLiveSpecification::builder()
-                .attribute_name("expires_at")
-                .enabled(true)
-                .build()
-                .map_err(err)?,
+        .call(
+            "UpdateTimeToLive",
+            &json!({
+                "TableName": table,
+                "TimeToLiveSpecification": { "AttributeName": "expires_at", "Enabled": true },
+            }),
         )
-        .send()
-        .in_store()
         .await
         .map_err(err)?;
     Ok(())

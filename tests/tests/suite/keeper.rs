@@ -391,7 +391,7 @@ async fn codes_and_phone_answer_503_store_unavailable_when_dynamodb_is_down() {
     };
     let sdk = moto::sdk_config(&dead).await;
     let store = Arc::new(DynamoStore::new(
-        moto::dynamodb_client(&sdk),
+        wxmp::aws::dynamodb(&sdk),
         env.table.clone(),
     ));
     let app = env.build_app_with(&[], store);

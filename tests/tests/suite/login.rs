@@ -632,10 +632,7 @@ async fn the_table_holds_a_hash_of_the_token_and_the_session_key() {
 async fn a_store_that_is_down_answers_503_quickly() {
     let s = Suite::new().await;
     let sdk = e2e::moto::sdk_config(&closed_port_url()).await;
-    let down = Arc::new(DynamoStore::new(
-        e2e::moto::dynamodb_client(&sdk),
-        &s.env.table,
-    ));
+    let down = Arc::new(DynamoStore::new(wxmp::aws::dynamodb(&sdk), &s.env.table));
     let app = s.env.build_app_with(&[], down);
     let token = wxmp::ids::new_session_token();
     let auth = format!("Bearer {token}");

@@ -128,7 +128,7 @@ async fn s3_down_still_serves_codes() {
     let dead = moto::sdk_config("http://127.0.0.1:9").await;
     let config = env.app.config.clone();
     let app = wxmp::App::new(config, env.store.clone()).with_code_cache(Some(
-        wxmp::codecache::CodeCache::new(moto::s3_client(&dead), env.bucket.clone().unwrap()),
+        wxmp::codecache::CodeCache::new(wxmp::aws::s3(&dead), env.bucket.clone().unwrap()),
     ));
     let started = std::time::Instant::now();
     let r = e2e::call_app(

@@ -12,7 +12,7 @@ use wxmp::store::{DynamoStore, MemoryStore, SessionRecord, Store, StoredToken};
 
 async fn dynamo() -> Arc<dyn Store> {
     let sdk = moto::sdk_config(&moto::endpoint().await).await;
-    let client = moto::dynamodb_client(&sdk);
+    let client = wxmp::aws::dynamodb(&sdk);
     let table = moto::unique_name("suite");
     wxmp::store::ensure_table(&client, &table)
         .await

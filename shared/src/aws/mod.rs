@@ -1,6 +1,21 @@
-//! AWS clients, built from one `SdkConfig` per cold start, with bounded timeouts so a slow
-//! dependency answers 503 instead of running into the Lambda timeout. Their requests go through
-//! the process's one HTTP stack (`net`).
+//! AWS clients, built from one `SdkConfig` per cold start (credentials, region, endpoint), with
+//! bounded timeouts so a slow dependency answers 503 instead of running into the Lambda timeout.
+//!
+//! DynamoDB and S3 are called through small clients of our own ([`DynamoDb`], [`S3`]): a request
+//! signed with SigV4 (`aws-sigv4`, the SDK's own signer) and sent on the process's one HTTP stack
+//! (`net`), with the SDK's retry rules (transient errors and throttling, three attempts, jittered
+//! backoff). The functions make a handful of item and object calls; the SDK's generic request
+//! pipeline cost more CPU than everything else a request does (README, Performance). The
+//! `SdkConfig` still resolves credentials and region exactly as the SDK does, and its HTTP client
+//! serves the credential providers that need one.
+
+mod dynamodb;
+mod s3;
+mod signed;
+
+pub use dynamodb::DynamoDb;
+pub use s3::S3;
+pub use signed::AwsError;
 
 use std::time::Duration;
 
@@ -31,15 +46,14 @@ pub async fn sdk_config() -> SdkConfig {
         .await
 }
 
-pub fn dynamodb(sdk: &SdkConfig) -> aws_sdk_dynamodb::Client {
-    aws_sdk_dynamodb::Client::new(sdk)
+/// The DynamoDB client of `sdk` (endpoint: `AWS_ENDPOINT_URL_DYNAMODB`, the config's
+/// endpoint, or the region's).
+pub fn dynamodb(sdk: &SdkConfig) -> DynamoDb {
+    DynamoDb::new(signed::Signed::new(sdk, "dynamodb"))
 }
 
-/// S3 with path-style addressing whenever a custom endpoint is set (local servers have no
-/// virtual-host DNS for buckets).
-pub fn s3(sdk: &SdkConfig) -> aws_sdk_s3::Client {
-    let conf = aws_sdk_s3::config::Builder::from(sdk)
-        .force_path_style(sdk.endpoint_url().is_some())
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
+/// The S3 client of `sdk`: path-style addressing whenever a custom endpoint is set (local servers
+/// have no virtual-host DNS for buckets), virtual-hosted in AWS.
+pub fn s3(sdk: &SdkConfig) -> S3 {
+    S3::new(signed::Signed::new(sdk, "s3"))
 }

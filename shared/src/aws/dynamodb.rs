@@ -1,0 +1,92 @@
+//! DynamoDB's JSON protocol (`x-amz-json-1.0`): one signed POST per operation, the request and the
+//! answer as JSON documents, exactly as the API reference writes them.
+
+use http::Method;
+use serde_json::Value;
+
+use super::AwsError;
+use super::signed::{Request, Signed};
+
+#[derive(Clone)]
+pub struct DynamoDb {
+    signed: Signed,
+    url: String,
+}
+
+impl DynamoDb {
+    pub(super) fn new(signed: Signed) -> Self {
+        let url = match signed.endpoint() {
+            Some(e) => format!("{e}/"),
+            None => format!("{}/", signed.regional_url("dynamodb")),
+        };
+        DynamoDb { signed, url }
+    }
+
+    /// Calls `operation` (`GetItem`, `PutItem`, ...) with its request document; the answer's
+    /// document. A refused condition is the error `ConditionalCheckFailedException`.
+    pub async fn call(&self, operation: &str, request: &Value) -> Result<Value, AwsError> {
+        let target = format!("DynamoDB_20120810.{operation}");
+        let body = serde_json::to_vec(request).expect("a JSON value serialises");
+        let reply = self
+            .signed
+            .send(
+                Request {
+                    method: Method::POST,
+                    url: &self.url,
+                    headers: &[
+                        ("content-type", "application/x-amz-json-1.0"),
+                        ("x-amz-target", &target),
+                    ],
+                    body: body.into(),
+                },
+                parse_error,
+            )
+            .await?;
+        serde_json::from_slice(&reply.body).map_err(|e| AwsError {
+            service: "dynamodb",
+            status: Some(reply.status),
+            code: "response".to_string(),
+            message: format!("{operation}: the answer is not JSON: {e}"),
+        })
+    }
+}
+
+/// `{"__type": "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException", "message": ..}`
+/// gives `ConditionalCheckFailedException`.
+fn parse_error(status: u16, body: &[u8]) -> (String, String) {
+    let doc: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let code = doc["__type"]
+        .as_str()
+        .map(|t| t.rsplit('#').next().unwrap_or(t).to_string())
+        .unwrap_or_else(|| format!("HTTP{status}"));
+    let message = doc["message"]
+        .as_str()
+        .or(doc["Message"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    (code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_read_without_their_namespace() {
+        let (code, message) = parse_error(
+            400,
+            br#"{"__type":"com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException","message":"The conditional request failed"}"#,
+        );
+        assert_eq!(code, "ConditionalCheckFailedException");
+        assert_eq!(message, "The conditional request failed");
+        let (code, message) = parse_error(
+            400,
+            br#"{"__type":"com.amazon.coral.validate#ValidationException","Message":"bad"}"#,
+        );
+        assert_eq!(
+            (code.as_str(), message.as_str()),
+            ("ValidationException", "bad")
+        );
+        assert_eq!(parse_error(503, b"<html>").0, "HTTP503");
+    }
+}

@@ -1,0 +1,174 @@
+//! The four S3 calls the project makes (GetObject, PutObject, HeadBucket, CreateBucket), as signed
+//! REST requests.
+
+use bytes::Bytes;
+use http::Method;
+
+use super::AwsError;
+use super::signed::{Request, Signed};
+
+#[derive(Clone)]
+pub struct S3 {
+    signed: Signed,
+}
+
+impl S3 {
+    pub(super) fn new(signed: Signed) -> Self {
+        S3 { signed }
+    }
+
+    /// Path style on a custom endpoint (and for bucket names with dots, which a virtual host's
+    /// certificate does not cover); virtual-hosted otherwise, as AWS recommends.
+    fn url(&self, bucket: &str, key: &str) -> String {
+        let key = encode_key(key);
+        match self.signed.endpoint() {
+            Some(e) => format!("{e}/{bucket}/{key}"),
+            None if bucket.contains('.') => {
+                format!("{}/{bucket}/{key}", self.signed.regional_url("s3"))
+            }
+            None => format!(
+                "{}/{key}",
+                self.signed.regional_url(&format!("{bucket}.s3"))
+            ),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&'static str, &str)],
+        body: Bytes,
+    ) -> Result<super::signed::Reply, AwsError> {
+        self.signed
+            .send(
+                Request {
+                    method,
+                    url,
+                    headers,
+                    body,
+                },
+                parse_error,
+            )
+            .await
+    }
+
+    /// The object's bytes, or `None` if there is no such key.
+    pub async fn get_object(&self, bucket: &str, key: &str) -> Result<Option<Bytes>, AwsError> {
+        match self
+            .send(Method::GET, &self.url(bucket, key), &[], Bytes::new())
+            .await
+        {
+            Ok(reply) => Ok(Some(reply.body)),
+            Err(e) if e.code == "NoSuchKey" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+        cache_control: &str,
+    ) -> Result<(), AwsError> {
+        let headers = [
+            ("content-type", content_type),
+            ("cache-control", cache_control),
+        ];
+        self.send(Method::PUT, &self.url(bucket, key), &headers, body)
+            .await
+            .map(|_| ())
+    }
+
+    /// True if the bucket exists and is ours to use.
+    pub async fn bucket_exists(&self, bucket: &str) -> Result<bool, AwsError> {
+        match self
+            .send(Method::HEAD, &self.url(bucket, ""), &[], Bytes::new())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.status == Some(404) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates the bucket in the client's region; one we already own is not an error.
+    pub async fn create_bucket(&self, bucket: &str) -> Result<(), AwsError> {
+        let region = self.signed.region().unwrap_or("us-east-1");
+        // us-east-1 takes no location constraint; every other region requires one.
+        let body = if region == "us-east-1" {
+            Bytes::new()
+        } else {
+            Bytes::from(format!(
+                "<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+                 <LocationConstraint>{region}</LocationConstraint></CreateBucketConfiguration>"
+            ))
+        };
+        match self
+            .send(Method::PUT, &self.url(bucket, ""), &[], body)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == "BucketAlreadyOwnedByYou" => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A key as it goes into the path: `/` kept, everything but unreserved characters escaped.
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `<Error><Code>NoSuchKey</Code><Message>..</Message></Error>`; a body-less answer (HEAD) is
+/// named by its status.
+fn parse_error(status: u16, body: &[u8]) -> (String, String) {
+    let text = String::from_utf8_lossy(body);
+    let element = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = text[start..].find(&format!("</{name}>"))? + start;
+        Some(text[start..end].to_string())
+    };
+    let code = element("Code").unwrap_or_else(|| match status {
+        404 => "NotFound".to_string(),
+        403 => "Forbidden".to_string(),
+        s => format!("HTTP{s}"),
+    });
+    (code, element("Message").unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_keep_slashes_and_escape_the_rest() {
+        assert_eq!(encode_key("codes/ab12"), "codes/ab12");
+        assert_eq!(encode_key("a b+c/é"), "a%20b%2Bc/%C3%A9");
+    }
+
+    #[test]
+    fn errors_are_read_from_xml_or_the_status() {
+        let body = b"<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>";
+        assert_eq!(
+            parse_error(404, body),
+            (
+                "NoSuchKey".to_string(),
+                "The specified key does not exist.".to_string()
+            )
+        );
+        assert_eq!(parse_error(404, b"").0, "NotFound");
+        assert_eq!(parse_error(500, b"").0, "HTTP500");
+    }
+}

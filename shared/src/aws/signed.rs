@@ -1,0 +1,325 @@
+//! One SigV4-signed exchange with an AWS service, with the SDK's retry rules: transient failures
+//! (connection, timeout, 5xx) and throttling are tried again, at most three attempts in all, after
+//! a jittered exponential backoff; each attempt is bounded (2 s) and so is the whole call (5 s).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use aws_config::SdkConfig;
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sigv4::http_request::{
+    PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
+    UriPathNormalizationMode, sign,
+};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use bytes::Bytes;
+use http::Method;
+
+use crate::clock;
+
+const ATTEMPTS: u32 = 3;
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first retry waits up to this long, the second up to twice as long (full jitter).
+const BACKOFF_BASE: Duration = Duration::from_millis(50);
+/// Credentials this close to their expiry are fetched again.
+const CREDENTIALS_MARGIN: Duration = Duration::from_secs(300);
+
+/// A failed AWS call: the service's own error, or one of ours (`code` `transport`, `timeout`,
+/// `credentials`, `request`, `response`). Carries no request or response body beyond the
+/// service's error message.
+#[derive(Debug, Clone)]
+pub struct AwsError {
+    pub service: &'static str,
+    /// The HTTP status, when the service answered.
+    pub status: Option<u16>,
+    /// The service's error code (`ConditionalCheckFailedException`, `NoSuchKey`, ...).
+    pub code: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for AwsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.service, self.code)?;
+        if let Some(s) = self.status {
+            write!(f, " (HTTP {s})")?;
+        }
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for AwsError {}
+
+impl AwsError {
+    fn local(service: &'static str, code: &str, message: impl std::fmt::Display) -> Self {
+        AwsError {
+            service,
+            status: None,
+            code: code.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Worth another attempt: the SDK's transient and throttling errors.
+    fn retryable(&self) -> bool {
+        const CODES: &[&str] = &[
+            "ThrottlingException",
+            "Throttling",
+            "ThrottledException",
+            "RequestThrottledException",
+            "TooManyRequestsException",
+            "ProvisionedThroughputExceededException",
+            "TransactionInProgressException",
+            "RequestLimitExceeded",
+            "BandwidthLimitExceeded",
+            "LimitExceededException",
+            "RequestThrottled",
+            "SlowDown",
+            "PriorRequestNotComplete",
+            "EC2ThrottledException",
+            "RequestTimeout",
+            "RequestTimeoutException",
+            "InternalError",
+            "ExpiredToken",
+            "ExpiredTokenException",
+        ];
+        match self.status {
+            None => matches!(self.code.as_str(), "transport" | "timeout"),
+            Some(s) => s >= 500 || s == 429 || CODES.contains(&self.code.as_str()),
+        }
+    }
+
+    fn expired_credentials(&self) -> bool {
+        matches!(self.code.as_str(), "ExpiredToken" | "ExpiredTokenException")
+    }
+}
+
+/// A request to sign and send. `headers` are signed too.
+pub(super) struct Request<'a> {
+    pub method: Method,
+    pub url: &'a str,
+    pub headers: &'a [(&'static str, &'a str)],
+    pub body: Bytes,
+}
+
+/// A service's answer.
+pub(super) struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// Reads a service's error code and message from an unsuccessful answer.
+pub(super) type ParseError = fn(status: u16, body: &[u8]) -> (String, String);
+
+#[derive(Clone)]
+pub(super) struct Signed {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    service: &'static str,
+    region: Option<String>,
+    endpoint: Option<String>,
+    provider: Option<SharedCredentialsProvider>,
+    credentials: Mutex<Option<Credentials>>,
+    settings: fn() -> SigningSettings,
+    http: reqwest::Client,
+}
+
+impl Signed {
+    /// `service` is the signing name (`dynamodb`, `s3`). The endpoint is
+    /// `AWS_ENDPOINT_URL_<SERVICE>`, else the config's (`AWS_ENDPOINT_URL`), else the region's.
+    pub fn new(sdk: &SdkConfig, service: &'static str) -> Self {
+        let endpoint = std::env::var(format!("AWS_ENDPOINT_URL_{}", service.to_uppercase()))
+            .ok()
+            .filter(|e| !e.is_empty())
+            .or_else(|| sdk.endpoint_url().map(str::to_string))
+            .map(|e| e.trim_end_matches('/').to_string());
+        let settings: fn() -> SigningSettings = if service == "s3" {
+            || {
+                let mut s = SigningSettings::default();
+                // S3 wants the payload hash as a header, and keys signed as they are sent.
+                s.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+                s.percent_encoding_mode = PercentEncodingMode::Single;
+                s.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+                s
+            }
+        } else {
+            SigningSettings::default
+        };
+        Signed {
+            inner: Arc::new(Inner {
+                service,
+                region: sdk.region().map(|r| r.to_string()),
+                endpoint,
+                provider: sdk.credentials_provider(),
+                credentials: Mutex::new(None),
+                settings,
+                http: crate::net::aws_reqwest_client(),
+            }),
+        }
+    }
+
+    pub fn service(&self) -> &'static str {
+        self.inner.service
+    }
+
+    /// The custom endpoint, if one is configured (no trailing `/`).
+    pub fn endpoint(&self) -> Option<&str> {
+        self.inner.endpoint.as_deref()
+    }
+
+    pub fn region(&self) -> Option<&str> {
+        self.inner.region.as_deref()
+    }
+
+    /// `https://<host>.<region>.amazonaws.com` (`.com.cn` in the China regions).
+    pub fn regional_url(&self, host: &str) -> String {
+        let region = self.region().unwrap_or("us-east-1");
+        let suffix = if region.starts_with("cn-") {
+            "amazonaws.com.cn"
+        } else {
+            "amazonaws.com"
+        };
+        format!("https://{host}.{region}.{suffix}")
+    }
+
+    /// Sends `req`, retrying what the SDK retries. An answer outside 2xx is an error whose code
+    /// and message `parse` reads from it.
+    pub async fn send(&self, req: Request<'_>, parse: ParseError) -> Result<Reply, AwsError> {
+        let end = clock::now() + OPERATION_TIMEOUT;
+        let mut attempt = 1;
+        loop {
+            let left = end.saturating_duration_since(clock::now());
+            let e = match self.attempt(&req, left.min(ATTEMPT_TIMEOUT)).await {
+                Ok(r) if (200..300).contains(&r.status) => return Ok(r),
+                Ok(r) => {
+                    let (code, message) = parse(r.status, &r.body);
+                    AwsError {
+                        service: self.service(),
+                        status: Some(r.status),
+                        code,
+                        message,
+                    }
+                }
+                Err(e) => e,
+            };
+            if e.expired_credentials() {
+                *self.inner.credentials.lock().expect("not poisoned") = None;
+            }
+            // Full jitter: anything up to base * 2^(attempt-1).
+            let cap = BACKOFF_BASE.saturating_mul(1 << (attempt - 1));
+            let delay =
+                Duration::from_micros(crate::ids::random_u64() % (cap.as_micros() as u64).max(1));
+            if !e.retryable() || attempt >= ATTEMPTS || clock::now() + delay >= end {
+                return Err(e);
+            }
+            clock::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    async fn attempt(&self, req: &Request<'_>, timeout: Duration) -> Result<Reply, AwsError> {
+        let service = self.service();
+        if timeout.is_zero() {
+            return Err(AwsError::local(
+                service,
+                "timeout",
+                "no time left for the call",
+            ));
+        }
+        let bad_request = |e: &dyn std::fmt::Display| AwsError::local(service, "request", e);
+        let identity: Identity = self.credentials().await?.into();
+        let region = self
+            .region()
+            .ok_or_else(|| bad_request(&"no AWS region configured (AWS_REGION)"))?;
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(region)
+            .name(service)
+            .time(SystemTime::now())
+            .settings((self.inner.settings)())
+            .build()
+            .map_err(|e| bad_request(&e))?
+            .into();
+        let signable = SignableRequest::new(
+            req.method.as_str(),
+            req.url,
+            req.headers.iter().copied(),
+            SignableBody::Bytes(&req.body),
+        )
+        .map_err(|e| bad_request(&e))?;
+        let (instructions, _signature) = sign(signable, &params)
+            .map_err(|e| bad_request(&e))?
+            .into_parts();
+
+        let mut builder = http::Request::builder()
+            .method(req.method.clone())
+            .uri(req.url);
+        for (name, value) in req.headers {
+            builder = builder.header(*name, *value);
+        }
+        let mut request = builder
+            .body(req.body.clone())
+            .map_err(|e| bad_request(&e))?;
+        instructions.apply_to_request_http1x(&mut request);
+        let mut request = reqwest::Request::try_from(request.map(reqwest::Body::from))
+            .map_err(|e| bad_request(&e))?;
+        *request.timeout_mut() = Some(timeout);
+
+        let transport = |e: reqwest::Error| {
+            let code = if e.is_timeout() {
+                "timeout"
+            } else {
+                "transport"
+            };
+            AwsError::local(service, code, error_chain(&e))
+        };
+        let response = self.inner.http.execute(request).await.map_err(transport)?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(transport)?;
+        Ok(Reply { status, body })
+    }
+
+    /// The config's credentials, resolved once and kept until five minutes before they expire
+    /// (in Lambda they come from the environment and do not expire while the instance lives).
+    async fn credentials(&self) -> Result<Credentials, AwsError> {
+        if let Some(c) = self
+            .inner
+            .credentials
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            && c.expiry()
+                .is_none_or(|e| e > SystemTime::now() + CREDENTIALS_MARGIN)
+        {
+            return Ok(c.clone());
+        }
+        let provider = self.inner.provider.as_ref().ok_or_else(|| {
+            AwsError::local(self.service(), "credentials", "no credentials provider")
+        })?;
+        let c = provider
+            .provide_credentials()
+            .await
+            .map_err(|e| AwsError::local(self.service(), "credentials", DisplayErrorContext(&e)))?;
+        *self.inner.credentials.lock().expect("not poisoned") = Some(c.clone());
+        Ok(c)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
