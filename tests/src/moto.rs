@@ -35,9 +35,9 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// once to every later test instead of each one waiting out the timeout.
 static ENDPOINT: OnceCell<Result<String, String>> = OnceCell::const_new();
 
-/// Keeps the write end of the watchdog's stdin pipe open for the life of the
-/// process; see the module docs.
-static WATCHDOG_STDIN: OnceLock<Mutex<ChildStdin>> = OnceLock::new();
+/// Keeps the write ends of the watchdogs' stdin pipes open for the life of the
+/// process (one per server started); see the module docs.
+static WATCHDOG_STDIN: OnceLock<Mutex<Vec<ChildStdin>>> = OnceLock::new();
 
 /// Base URL (`http://127.0.0.1:PORT`, no trailing slash) of a running moto
 /// server, started on first use and shared by all tests of this process.
@@ -207,6 +207,17 @@ fn free_port() -> u16 {
 
 /// Spawns moto and waits until it answers HTTP. Blocking.
 fn start_moto() -> Result<String, String> {
+    start_moto_with(&[])
+}
+
+/// A moto server of its own (not the shared one), started with `env` (for example
+/// `INITIAL_NO_AUTH_ACTION_COUNT`, which makes it check every request's SigV4 signature and IAM
+/// policy after that many requests). Blocking; stopped when the test process exits.
+pub fn start_private_moto(env: &[(&str, &str)]) -> Result<String, String> {
+    start_moto_with(env)
+}
+
+fn start_moto_with(env: &[(&str, &str)]) -> Result<String, String> {
     let bin = find_moto_server().ok_or_else(|| {
         "moto_server not found (looked at $MOTO_SERVER_BIN, <workspace>/.venv/bin, $PATH): \
          run scripts/test.sh, which installs it, or set MOTO_ENDPOINT to a running server"
@@ -216,7 +227,7 @@ fn start_moto() -> Result<String, String> {
     for _attempt in 0..3 {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("e2e-moto-{port}.log"));
-        let mut child = spawn_moto(&bin, port, &log)?;
+        let mut child = spawn_moto(&bin, port, &log, env)?;
         arm_watchdog(child.id())?;
         match wait_until_ready(&mut child, port) {
             Ok(()) => return Ok(format!("http://127.0.0.1:{port}")),
@@ -244,13 +255,14 @@ fn start_moto() -> Result<String, String> {
     Err(last_err)
 }
 
-fn spawn_moto(bin: &Path, port: u16, log: &Path) -> Result<Child, String> {
+fn spawn_moto(bin: &Path, port: u16, log: &Path, env: &[(&str, &str)]) -> Result<Child, String> {
     // Output goes to a log file rather than /dev/null so a failed start can
     // show why; moto logs one line per request, so it stays small.
     let out = std::fs::File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
     Command::new(bin)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -270,14 +282,11 @@ fn arm_watchdog(pid: u32) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("spawn watchdog sh: {e}"))?;
     let stdin = watchdog.stdin.take().expect("piped stdin");
-    // One start per process normally; on a retry the old watchdog's pipe is
-    // dropped here, which kills the failed attempt's moto (already dead).
-    match WATCHDOG_STDIN.get() {
-        Some(slot) => *slot.lock().unwrap_or_else(|p| p.into_inner()) = stdin,
-        None => {
-            let _ = WATCHDOG_STDIN.set(Mutex::new(stdin));
-        }
-    }
+    WATCHDOG_STDIN
+        .get_or_init(|| Mutex::new(Vec::new()))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(stdin);
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use http::Method;
 use serde_json::Value;
 
 use super::AwsError;
-use super::signed::{Request, Signed};
+use super::signed::{Request, Signed, xml_element};
 
 #[derive(Clone)]
 pub struct DynamoDb {
@@ -52,18 +52,22 @@ impl DynamoDb {
 }
 
 /// `{"__type": "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException", "message": ..}`
-/// gives `ConditionalCheckFailedException`.
+/// gives `ConditionalCheckFailedException`. An XML error (from something in front of DynamoDB)
+/// is read as S3's are.
 fn parse_error(status: u16, body: &[u8]) -> (String, String) {
     let doc: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let text = String::from_utf8_lossy(body);
     let code = doc["__type"]
         .as_str()
         .map(|t| t.rsplit('#').next().unwrap_or(t).to_string())
+        .or_else(|| xml_element(&text, "Code"))
         .unwrap_or_else(|| format!("HTTP{status}"));
     let message = doc["message"]
         .as_str()
         .or(doc["Message"].as_str())
-        .unwrap_or_default()
-        .to_string();
+        .map(str::to_string)
+        .or_else(|| xml_element(&text, "Message"))
+        .unwrap_or_default();
     (code, message)
 }
 
@@ -88,5 +92,10 @@ mod tests {
             ("ValidationException", "bad")
         );
         assert_eq!(parse_error(503, b"<html>").0, "HTTP503");
+        let (code, _) = parse_error(
+            403,
+            b"<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code></Error></ErrorResponse>",
+        );
+        assert_eq!(code, "SignatureDoesNotMatch");
     }
 }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::Method;
 
 use super::AwsError;
-use super::signed::{Request, Signed};
+use super::signed::{Request, Signed, xml_element};
 
 #[derive(Clone)]
 pub struct S3 {
@@ -134,18 +134,12 @@ fn encode_key(key: &str) -> String {
 /// named by its status.
 fn parse_error(status: u16, body: &[u8]) -> (String, String) {
     let text = String::from_utf8_lossy(body);
-    let element = |name: &str| {
-        let open = format!("<{name}>");
-        let start = text.find(&open)? + open.len();
-        let end = text[start..].find(&format!("</{name}>"))? + start;
-        Some(text[start..end].to_string())
-    };
-    let code = element("Code").unwrap_or_else(|| match status {
+    let code = xml_element(&text, "Code").unwrap_or_else(|| match status {
         404 => "NotFound".to_string(),
         403 => "Forbidden".to_string(),
         s => format!("HTTP{s}"),
     });
-    (code, element("Message").unwrap_or_default())
+    (code, xml_element(&text, "Message").unwrap_or_default())
 }
 
 #[cfg(test)]

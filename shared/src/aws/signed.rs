@@ -313,6 +313,15 @@ impl Signed {
     }
 }
 
+/// The text of the first `<name>` element of an XML error document (S3's; also what an
+/// authentication failure before the service looks like).
+pub(super) fn xml_element(text: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = text.find(&open)? + open.len();
+    let end = text[start..].find(&format!("</{name}>"))? + start;
+    Some(text[start..end].to_string())
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();

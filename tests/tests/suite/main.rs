@@ -2,6 +2,7 @@
 //! AWS SDK and the whole stack; one binary keeps a clean CI build small). Run one concern with
 //! `cargo test -p e2e --test suite keeper::`.
 
+mod aws_signing;
 mod cargo_lambda_watch;
 mod keeper;
 mod lambda_login;
