@@ -332,3 +332,183 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use aws_config::{BehaviorVersion, Region};
+    use aws_credential_types::provider::future;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An HTTP/1.1 server answering with `script` in order (status, JSON body) and recording each
+    /// request's head.
+    async fn scripted(script: Vec<(u16, &'static str)>) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let script = Arc::new(Mutex::new(VecDeque::from(script)));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let (script, log) = (script.clone(), log.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        let Ok(n) = tcp.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + length {
+                            continue;
+                        }
+                        buf.drain(..end + 4 + length);
+                        log.lock().unwrap().push(head);
+                        let (status, body) =
+                            script.lock().unwrap().pop_front().unwrap_or((200, "{}"));
+                        let answer = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if tcp.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    /// Static credentials that count how often they are asked for.
+    #[derive(Debug)]
+    struct Counting(Arc<AtomicUsize>);
+    impl ProvideCredentials for Counting {
+        fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            future::ProvideCredentials::ready(Ok(Credentials::new(
+                "AKIDEXAMPLE",
+                "secret",
+                Some("session-token".into()),
+                None,
+                "test",
+            )))
+        }
+    }
+
+    async fn client(url: &str) -> (super::super::DynamoDb, Arc<AtomicUsize>) {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(crate::net::aws_http_client())
+            .region(Region::new("cn-north-1"))
+            .endpoint_url(url)
+            .credentials_provider(Counting(asked.clone()))
+            .load()
+            .await;
+        (super::super::dynamodb(&sdk), asked)
+    }
+
+    const THROTTLED: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException","message":"slow down"}"#;
+    const CONDITION: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException","message":"no"}"#;
+
+    #[tokio::test]
+    async fn throttling_is_retried_and_requests_are_signed() {
+        let (url, seen) = scripted(vec![
+            (400, THROTTLED),
+            (400, THROTTLED),
+            (200, r#"{"Item":{}}"#),
+        ])
+        .await;
+        let (db, asked) = client(&url).await;
+        let out = db
+            .call("GetItem", &serde_json::json!({}))
+            .await
+            .expect("third attempt");
+        assert_eq!(out, serde_json::json!({"Item": {}}));
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3);
+        let head = seen[0].to_ascii_lowercase();
+        assert!(
+            head.contains("x-amz-target: dynamodb_20120810.getitem"),
+            "{head}"
+        );
+        assert!(
+            head.contains("x-amz-security-token: session-token"),
+            "{head}"
+        );
+        assert!(
+            head.contains("authorization: aws4-hmac-sha256 credential=akidexample/")
+                && head.contains("/cn-north-1/dynamodb/aws4_request"),
+            "{head}"
+        );
+        // Credentials without an expiry are resolved once for the client's life.
+        db.call("GetItem", &serde_json::json!({})).await.unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_condition_is_answered_at_once() {
+        let (url, seen) = scripted(vec![(400, CONDITION)]).await;
+        let (db, _) = client(&url).await;
+        let e = db
+            .call("PutItem", &serde_json::json!({}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "ConditionalCheckFailedException");
+        assert_eq!(e.status, Some(400));
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn server_errors_get_three_attempts_in_all() {
+        let (url, seen) = scripted(vec![(500, "{}"), (503, "{}"), (500, "{}"), (200, "{}")]).await;
+        let (db, _) = client(&url).await;
+        let e = db
+            .call("GetItem", &serde_json::json!({}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, Some(500));
+        assert_eq!(seen.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn china_regions_have_their_own_domain() {
+        let sdk = aws_config::SdkConfig::builder()
+            .region(Region::new("cn-northwest-1"))
+            .build();
+        assert_eq!(
+            Signed::new(&sdk, "dynamodb").regional_url("dynamodb"),
+            "https://dynamodb.cn-northwest-1.amazonaws.com.cn"
+        );
+        let sdk = aws_config::SdkConfig::builder()
+            .region(Region::new("ap-east-1"))
+            .build();
+        assert_eq!(
+            Signed::new(&sdk, "s3").regional_url("b.s3"),
+            "https://b.s3.ap-east-1.amazonaws.com"
+        );
+    }
+}
