@@ -10,7 +10,8 @@ use super::signed::{Request, Signed, xml_element};
 #[derive(Clone)]
 pub struct DynamoDb {
     signed: Signed,
-    url: String,
+    /// Parsed once; an unusable endpoint is reported by every call.
+    url: Result<reqwest::Url, String>,
 }
 
 impl DynamoDb {
@@ -19,12 +20,19 @@ impl DynamoDb {
             Some(e) => format!("{e}/"),
             None => format!("{}/", signed.regional_url("dynamodb")),
         };
+        let url = reqwest::Url::parse(&url).map_err(|e| format!("endpoint {url}: {e}"));
         DynamoDb { signed, url }
     }
 
     /// Calls `operation` (`GetItem`, `PutItem`, ...) with its request document; the answer's
     /// document. A refused condition is the error `ConditionalCheckFailedException`.
     pub async fn call(&self, operation: &str, request: &Value) -> Result<Value, AwsError> {
+        let url = self.url.as_ref().map_err(|e| AwsError {
+            service: "dynamodb",
+            status: None,
+            code: "request".to_string(),
+            message: e.clone(),
+        })?;
         let target = format!("DynamoDB_20120810.{operation}");
         let body = serde_json::to_vec(request).expect("a JSON value serialises");
         let reply = self
@@ -32,7 +40,7 @@ impl DynamoDb {
             .send(
                 Request {
                     method: Method::POST,
-                    url: &self.url,
+                    url,
                     headers: &[
                         ("content-type", "application/x-amz-json-1.0"),
                         ("x-amz-target", &target),

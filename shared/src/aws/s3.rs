@@ -19,9 +19,9 @@ impl S3 {
 
     /// Path style on a custom endpoint (and for bucket names with dots, which a virtual host's
     /// certificate does not cover); virtual-hosted otherwise, as AWS recommends.
-    fn url(&self, bucket: &str, key: &str) -> String {
+    fn url(&self, bucket: &str, key: &str) -> Result<reqwest::Url, AwsError> {
         let key = encode_key(key);
-        match self.signed.endpoint() {
+        let url = match self.signed.endpoint() {
             Some(e) => format!("{e}/{bucket}/{key}"),
             None if bucket.contains('.') => {
                 format!("{}/{bucket}/{key}", self.signed.regional_url("s3"))
@@ -30,13 +30,19 @@ impl S3 {
                 "{}/{key}",
                 self.signed.regional_url(&format!("{bucket}.s3"))
             ),
-        }
+        };
+        reqwest::Url::parse(&url).map_err(|e| AwsError {
+            service: "s3",
+            status: None,
+            code: "request".to_string(),
+            message: format!("{url}: {e}"),
+        })
     }
 
     async fn send(
         &self,
         method: Method,
-        url: &str,
+        url: Result<reqwest::Url, AwsError>,
         headers: &[(&'static str, &str)],
         body: Bytes,
     ) -> Result<super::signed::Reply, AwsError> {
@@ -44,7 +50,7 @@ impl S3 {
             .send(
                 Request {
                     method,
-                    url,
+                    url: &url?,
                     headers,
                     body,
                 },
@@ -56,7 +62,7 @@ impl S3 {
     /// The object's bytes, or `None` if there is no such key.
     pub async fn get_object(&self, bucket: &str, key: &str) -> Result<Option<Bytes>, AwsError> {
         match self
-            .send(Method::GET, &self.url(bucket, key), &[], Bytes::new())
+            .send(Method::GET, self.url(bucket, key), &[], Bytes::new())
             .await
         {
             Ok(reply) => Ok(Some(reply.body)),
@@ -77,7 +83,7 @@ impl S3 {
             ("content-type", content_type),
             ("cache-control", cache_control),
         ];
-        self.send(Method::PUT, &self.url(bucket, key), &headers, body)
+        self.send(Method::PUT, self.url(bucket, key), &headers, body)
             .await
             .map(|_| ())
     }
@@ -85,7 +91,7 @@ impl S3 {
     /// True if the bucket exists and is ours to use.
     pub async fn bucket_exists(&self, bucket: &str) -> Result<bool, AwsError> {
         match self
-            .send(Method::HEAD, &self.url(bucket, ""), &[], Bytes::new())
+            .send(Method::HEAD, self.url(bucket, ""), &[], Bytes::new())
             .await
         {
             Ok(_) => Ok(true),
@@ -107,7 +113,7 @@ impl S3 {
             ))
         };
         match self
-            .send(Method::PUT, &self.url(bucket, ""), &[], body)
+            .send(Method::PUT, self.url(bucket, ""), &[], body)
             .await
         {
             Ok(_) => Ok(()),

@@ -103,7 +103,8 @@ impl AwsError {
 /// A request to sign and send. `headers` are signed too.
 pub(super) struct Request<'a> {
     pub method: Method,
-    pub url: &'a str,
+    /// Parsed once where it does not change (DynamoDB's endpoint).
+    pub url: &'a reqwest::Url,
     pub headers: &'a [(&'static str, &'a str)],
     pub body: Bytes,
 }
@@ -250,7 +251,7 @@ impl Signed {
             .into();
         let signable = SignableRequest::new(
             req.method.as_str(),
-            req.url,
+            req.url.as_str(),
             req.headers.iter().copied(),
             SignableBody::Bytes(&req.body),
         )
@@ -259,18 +260,17 @@ impl Signed {
             .map_err(|e| bad_request(&e))?
             .into_parts();
 
-        let mut builder = http::Request::builder()
-            .method(req.method.clone())
-            .uri(req.url);
-        for (name, value) in req.headers {
-            builder = builder.header(*name, *value);
+        // Built directly (not through `http::Request`, whose URI reqwest would parse again).
+        let mut request = reqwest::Request::new(req.method.clone(), req.url.clone());
+        let headers = request.headers_mut();
+        let signed = instructions.headers();
+        for (name, value) in req.headers.iter().copied().chain(signed) {
+            let name =
+                http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| bad_request(&e))?;
+            let value = http::HeaderValue::from_str(value).map_err(|e| bad_request(&e))?;
+            headers.insert(name, value);
         }
-        let mut request = builder
-            .body(req.body.clone())
-            .map_err(|e| bad_request(&e))?;
-        instructions.apply_to_request_http1x(&mut request);
-        let mut request = reqwest::Request::try_from(request.map(reqwest::Body::from))
-            .map_err(|e| bad_request(&e))?;
+        *request.body_mut() = Some(reqwest::Body::from(req.body.clone()));
         *request.timeout_mut() = Some(timeout);
 
         let transport = |e: reqwest::Error| {
