@@ -5,7 +5,7 @@ use http::Method;
 use serde_json::Value;
 
 use super::AwsError;
-use super::signed::{Request, Signed, xml_element};
+use super::signed::{Parsed, Request, Signed, xml_element};
 
 #[derive(Clone)]
 pub struct DynamoDb {
@@ -28,6 +28,7 @@ impl DynamoDb {
     /// document. A refused condition is the error `ConditionalCheckFailedException`.
     pub async fn call(&self, operation: &str, request: &Value) -> Result<Value, AwsError> {
         let url = self.url.as_ref().map_err(|e| AwsError {
+            old_item: None,
             service: "dynamodb",
             status: None,
             code: "request".to_string(),
@@ -51,6 +52,7 @@ impl DynamoDb {
             )
             .await?;
         serde_json::from_slice(&reply.body).map_err(|e| AwsError {
+            old_item: None,
             service: "dynamodb",
             status: Some(reply.status),
             code: "response".to_string(),
@@ -62,8 +64,8 @@ impl DynamoDb {
 /// `{"__type": "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException", "message": ..}`
 /// gives `ConditionalCheckFailedException`. An XML error (from something in front of DynamoDB)
 /// is read as S3's are.
-fn parse_error(status: u16, body: &[u8]) -> (String, String) {
-    let doc: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+fn parse_error(status: u16, body: &[u8]) -> Parsed {
+    let mut doc: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let text = String::from_utf8_lossy(body);
     let code = doc["__type"]
         .as_str()
@@ -76,7 +78,15 @@ fn parse_error(status: u16, body: &[u8]) -> (String, String) {
         .map(str::to_string)
         .or_else(|| xml_element(&text, "Message"))
         .unwrap_or_default();
-    (code, message)
+    let old_item = match doc.get_mut("Item").map(Value::take) {
+        Some(Value::Object(item)) => Some(item),
+        _ => None,
+    };
+    Parsed {
+        code,
+        message,
+        old_item,
+    }
 }
 
 #[cfg(test)]
@@ -85,25 +95,26 @@ mod tests {
 
     #[test]
     fn error_codes_are_read_without_their_namespace() {
-        let (code, message) = parse_error(
+        let p = parse_error(
             400,
-            br#"{"__type":"com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException","message":"The conditional request failed"}"#,
+            br#"{"__type":"com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException","message":"The conditional request failed","Item":{"holder":{"S":"a"}}}"#,
         );
-        assert_eq!(code, "ConditionalCheckFailedException");
-        assert_eq!(message, "The conditional request failed");
-        let (code, message) = parse_error(
+        assert_eq!(p.code, "ConditionalCheckFailedException");
+        assert_eq!(p.message, "The conditional request failed");
+        assert_eq!(p.old_item.unwrap()["holder"]["S"], "a");
+        let p = parse_error(
             400,
             br#"{"__type":"com.amazon.coral.validate#ValidationException","Message":"bad"}"#,
         );
         assert_eq!(
-            (code.as_str(), message.as_str()),
+            (p.code.as_str(), p.message.as_str()),
             ("ValidationException", "bad")
         );
-        assert_eq!(parse_error(503, b"<html>").0, "HTTP503");
-        let (code, _) = parse_error(
+        assert_eq!(parse_error(503, b"<html>").code, "HTTP503");
+        let p = parse_error(
             403,
             b"<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code></Error></ErrorResponse>",
         );
-        assert_eq!(code, "SignatureDoesNotMatch");
+        assert_eq!(p.code, "SignatureDoesNotMatch");
     }
 }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::Method;
 
 use super::AwsError;
-use super::signed::{Request, Signed, xml_element};
+use super::signed::{Parsed, Request, Signed, xml_element};
 
 #[derive(Clone)]
 pub struct S3 {
@@ -32,6 +32,7 @@ impl S3 {
             ),
         };
         reqwest::Url::parse(&url).map_err(|e| AwsError {
+            old_item: None,
             service: "s3",
             status: None,
             code: "request".to_string(),
@@ -138,14 +139,18 @@ fn encode_key(key: &str) -> String {
 
 /// `<Error><Code>NoSuchKey</Code><Message>..</Message></Error>`; a body-less answer (HEAD) is
 /// named by its status.
-fn parse_error(status: u16, body: &[u8]) -> (String, String) {
+fn parse_error(status: u16, body: &[u8]) -> Parsed {
     let text = String::from_utf8_lossy(body);
     let code = xml_element(&text, "Code").unwrap_or_else(|| match status {
         404 => "NotFound".to_string(),
         403 => "Forbidden".to_string(),
         s => format!("HTTP{s}"),
     });
-    (code, xml_element(&text, "Message").unwrap_or_default())
+    Parsed {
+        code,
+        message: xml_element(&text, "Message").unwrap_or_default(),
+        old_item: None,
+    }
 }
 
 #[cfg(test)]
@@ -161,14 +166,12 @@ mod tests {
     #[test]
     fn errors_are_read_from_xml_or_the_status() {
         let body = b"<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>";
+        let p = parse_error(404, body);
         assert_eq!(
-            parse_error(404, body),
-            (
-                "NoSuchKey".to_string(),
-                "The specified key does not exist.".to_string()
-            )
+            (p.code.as_str(), p.message.as_str()),
+            ("NoSuchKey", "The specified key does not exist.")
         );
-        assert_eq!(parse_error(404, b"").0, "NotFound");
-        assert_eq!(parse_error(500, b"").0, "HTTP500");
+        assert_eq!(parse_error(404, b"").code, "NotFound");
+        assert_eq!(parse_error(500, b"").code, "HTTP500");
     }
 }

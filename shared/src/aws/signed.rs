@@ -26,12 +26,12 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// The first retry waits up to this long, the second up to twice as long (full jitter).
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 /// Credentials this close to their expiry are fetched again.
-const CREDENTIALS_MARGIN: Duration = Duration::from_secs(300);
+const CREDENTIALS_MARGIN: Duration = Duration::from_secs(60);
 
 /// A failed AWS call: the service's own error, or one of ours (`code` `transport`, `timeout`,
-/// `credentials`, `request`, `response`). Carries no request or response body beyond the
-/// service's error message.
-#[derive(Debug, Clone)]
+/// `credentials`, `request`, `response`). Printed without any request or response body beyond
+/// the service's error message.
+#[derive(Clone)]
 pub struct AwsError {
     pub service: &'static str,
     /// The HTTP status, when the service answered.
@@ -39,6 +39,21 @@ pub struct AwsError {
     /// The service's error code (`ConditionalCheckFailedException`, `NoSuchKey`, ...).
     pub code: String,
     pub message: String,
+    /// DynamoDB: the item as it was when a condition was refused, if the request asked for it
+    /// (`ReturnValuesOnConditionCheckFailure`). Never printed: it may hold a secret.
+    pub old_item: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl std::fmt::Debug for AwsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsError")
+            .field("service", &self.service)
+            .field("status", &self.status)
+            .field("code", &self.code)
+            .field("message", &self.message)
+            .field("old_item", &self.old_item.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl std::fmt::Display for AwsError {
@@ -63,6 +78,7 @@ impl AwsError {
             status: None,
             code: code.to_string(),
             message: message.to_string(),
+            old_item: None,
         }
     }
 
@@ -91,7 +107,9 @@ impl AwsError {
         ];
         match self.status {
             None => matches!(self.code.as_str(), "transport" | "timeout"),
-            Some(s) => s >= 500 || s == 429 || CODES.contains(&self.code.as_str()),
+            Some(s) => {
+                matches!(s, 500 | 502 | 503 | 504 | 429) || CODES.contains(&self.code.as_str())
+            }
         }
     }
 
@@ -115,8 +133,14 @@ pub(super) struct Reply {
     pub body: Bytes,
 }
 
-/// Reads a service's error code and message from an unsuccessful answer.
-pub(super) type ParseError = fn(status: u16, body: &[u8]) -> (String, String);
+/// Reads a service's error code and message (and DynamoDB's old item) from an unsuccessful answer.
+pub(super) type ParseError = fn(status: u16, body: &[u8]) -> Parsed;
+
+pub(super) struct Parsed {
+    pub code: String,
+    pub message: String,
+    pub old_item: Option<serde_json::Map<String, serde_json::Value>>,
+}
 
 #[derive(Clone)]
 pub(super) struct Signed {
@@ -201,12 +225,13 @@ impl Signed {
             let e = match self.attempt(&req, left.min(ATTEMPT_TIMEOUT)).await {
                 Ok(r) if (200..300).contains(&r.status) => return Ok(r),
                 Ok(r) => {
-                    let (code, message) = parse(r.status, &r.body);
+                    let p = parse(r.status, &r.body);
                     AwsError {
                         service: self.service(),
                         status: Some(r.status),
-                        code,
-                        message,
+                        code: p.code,
+                        message: p.message,
+                        old_item: p.old_item,
                     }
                 }
                 Err(e) => e,
@@ -267,7 +292,12 @@ impl Signed {
         for (name, value) in req.headers.iter().copied().chain(signed) {
             let name =
                 http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| bad_request(&e))?;
-            let value = http::HeaderValue::from_str(value).map_err(|e| bad_request(&e))?;
+            let mut value = http::HeaderValue::from_str(value).map_err(|e| bad_request(&e))?;
+            // Kept out of any Debug print of the request.
+            value.set_sensitive(matches!(
+                name.as_str(),
+                "authorization" | "x-amz-security-token"
+            ));
             headers.insert(name, value);
         }
         *request.body_mut() = Some(reqwest::Body::from(req.body.clone()));

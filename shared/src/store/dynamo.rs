@@ -58,9 +58,25 @@ impl DynamoStore {
     /// A conditional write: true if it was made, false if its condition failed (an answer for
     /// us, not a fault).
     async fn conditional(&self, operation: &str, request: Value) -> Result<bool, StoreError> {
+        self.conditional_or_ours(operation, request, |_| false)
+            .await
+    }
+
+    /// A conditional write that also counts as made when the condition was refused because the
+    /// item already is what the write makes it (`ours` on the item as it was): a retry after an
+    /// attempt that was applied but whose answer was lost meets its own write.
+    async fn conditional_or_ours(
+        &self,
+        operation: &str,
+        mut request: Value,
+        ours: impl Fn(&Map<String, Value>) -> bool,
+    ) -> Result<bool, StoreError> {
+        request["ReturnValuesOnConditionCheckFailure"] = json!("ALL_OLD");
         match self.call(operation, request).await {
             Ok(_) => Ok(true),
-            Err(e) if e.code == "ConditionalCheckFailedException" => Ok(false),
+            Err(e) if e.code == "ConditionalCheckFailedException" => {
+                Ok(e.old_item.as_ref().is_some_and(ours))
+            }
             Err(e) => Err(err(e)),
         }
     }
@@ -154,6 +170,8 @@ impl UserStore for DynamoStore {
             )
             .await
             .map_err(err)?;
+        // (A retry whose first attempt was applied reports a new user as known: a second login
+        // in the same second must not count as new, so the two cannot be told apart.)
         Ok(out.pointer("/Attributes/first_seen").is_none())
     }
 }
@@ -218,7 +236,11 @@ impl TokenStore for DynamoStore {
         ttl_ms: u64,
     ) -> Result<bool, StoreError> {
         let until = now_ms + ttl_ms;
-        self.conditional(
+        let mine = |item: &Map<String, Value>| {
+            get_s(item, "holder").as_deref() == Some(holder)
+                && get_n(item, "until_ms") == Some(until)
+        };
+        self.conditional_or_ours(
             "PutItem",
             json!({
                 "Item": {
@@ -230,6 +252,7 @@ impl TokenStore for DynamoStore {
                 "ConditionExpression": "attribute_not_exists(pk) OR until_ms <= :now",
                 "ExpressionAttributeValues": { ":now": n(now_ms) },
             }),
+            mine,
         )
         .await
     }
@@ -242,7 +265,11 @@ impl TokenStore for DynamoStore {
         ttl_ms: u64,
     ) -> Result<bool, StoreError> {
         let until = now_ms + ttl_ms;
-        self.conditional(
+        let mine = |item: &Map<String, Value>| {
+            get_s(item, "holder").as_deref() == Some(holder)
+                && get_n(item, "until_ms") == Some(until)
+        };
+        self.conditional_or_ours(
             "UpdateItem",
             json!({
                 "Key": { "pk": s(lease_pk(name)) },
@@ -256,6 +283,7 @@ impl TokenStore for DynamoStore {
                     ":exp": n(until / 1000 + 1),
                 },
             }),
+            mine,
         )
         .await
     }
@@ -266,6 +294,8 @@ impl TokenStore for DynamoStore {
         limit: u32,
         expires_at: u64,
     ) -> Result<bool, StoreError> {
+        // A retry after an applied attempt counts one use twice: the quota is then reached a
+        // little early, never passed.
         self.conditional(
             "UpdateItem",
             json!({
@@ -335,7 +365,7 @@ pub async fn ensure_table(client: &DynamoDb, table: &str) -> Result<(), StoreErr
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-    client
+    let ttl = client
         .call(
             "UpdateTimeToLive",
             &json!({
@@ -343,7 +373,10 @@ pub async fn ensure_table(client: &DynamoDb, table: &str) -> Result<(), StoreErr
                 "TimeToLiveSpecification": { "AttributeName": "expires_at", "Enabled": true },
             }),
         )
-        .await
-        .map_err(err)?;
-    Ok(())
+        .await;
+    match ttl {
+        // Another process created the table and enabled TTL first.
+        Err(e) if !e.message.contains("already enabled") => Err(err(e)),
+        _ => Ok(()),
+    }
 }

@@ -112,7 +112,13 @@ async fn dynamodb_and_s3_calls_carry_signatures_aws_accepts() {
     );
     // Conditional writes: the first lease wins, the second is refused (not an error).
     assert!(store.try_lease("l", "a", 1_000, 3_000).await.unwrap());
+    // The same write again (a retry whose first attempt was applied) meets its own lease.
+    assert!(store.try_lease("l", "a", 1_000, 3_000).await.unwrap());
     assert!(!store.try_lease("l", "b", 1_000, 3_000).await.unwrap());
+    assert!(!store.try_lease("l", "a", 1_001, 3_000).await.unwrap());
+    assert!(store.renew_lease("l", "a", 2_000, 3_000).await.unwrap());
+    assert!(store.renew_lease("l", "a", 2_000, 3_000).await.unwrap());
+    assert!(!store.renew_lease("l", "b", 2_000, 3_000).await.unwrap());
     let token = StoredToken {
         token: Secret::new("t".to_string()),
         expires_at: u64::MAX / 2,
