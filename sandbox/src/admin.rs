@@ -53,6 +53,7 @@ pub(crate) fn router() -> Router<Sandbox> {
             }),
         )
         .route("/_sandbox/advance_time", post(advance_time))
+        .route("/_sandbox/secret", post(rotate_secret))
 }
 
 /// A JSON body, whatever the request's content type says (curl users often send none).
@@ -118,5 +119,20 @@ async fn advance_time(
     JsonBody(req): JsonBody<AdvanceRequest>,
 ) -> StatusCode {
     sb.advance_time(Duration::from_secs(req.secs));
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct SecretRequest {
+    secret: String,
+}
+
+/// Rotates the app secret (as a reset in the WeChat console does): from now on only the new one
+/// is accepted, the old one answers 40125.
+async fn rotate_secret(
+    State(sb): State<Sandbox>,
+    JsonBody(req): JsonBody<SecretRequest>,
+) -> StatusCode {
+    sb.rotate_secret(req.secret);
     StatusCode::NO_CONTENT
 }

@@ -187,6 +187,11 @@ impl Sandbox {
         &self.inner.cfg
     }
 
+    /// Makes `secret` the only app secret accepted from now on (the old one answers 40125).
+    pub fn rotate_secret(&self, secret: String) {
+        self.state().secret = secret;
+    }
+
     /// The WeChat paths and the `/_sandbox/*` admin paths.
     pub fn router(&self) -> Router {
         routes::router()

@@ -169,6 +169,7 @@ fn with_content_type(content_type: &'static str, body: impl IntoResponse) -> Res
 /// The app credential checks shared by the token paths and jscode2session.
 fn check_credentials(
     cfg: &SandboxConfig,
+    current_secret: &str,
     grant_type: Option<&str>,
     expected_grant_type: &str,
     appid: Option<&str>,
@@ -182,7 +183,7 @@ fn check_credentials(
     }
     match secret {
         None | Some("") => Err(error::SECRET_MISSING),
-        Some(s) if s != cfg.secret => Err(error::INVALID_SECRET),
+        Some(s) if s != current_secret => Err(error::INVALID_SECRET),
         Some(_) => Ok(()),
     }
 }
@@ -206,6 +207,7 @@ async fn jscode2session(State(sb): State<Sandbox>, q: Params) -> Response {
     serve_call(&sb, JSCODE2SESSION, TEXT_CT, |cfg, st| {
         check_credentials(
             cfg,
+            &st.secret,
             param(&q, "grant_type"),
             "authorization_code",
             param(&q, "appid"),
@@ -231,6 +233,7 @@ async fn token(State(sb): State<Sandbox>, q: Params) -> Response {
     serve_call(&sb, TOKEN, JSON_CT, |cfg, st| {
         check_credentials(
             cfg,
+            &st.secret,
             param(&q, "grant_type"),
             "client_credential",
             param(&q, "appid"),
@@ -268,6 +271,7 @@ async fn stable_token(State(sb): State<Sandbox>, method: Method, body: Bytes) ->
         };
         check_credentials(
             cfg,
+            &st.secret,
             text("grant_type")?,
             "client_credential",
             text("appid")?,

@@ -70,6 +70,8 @@ pub(crate) struct State {
     pub faults: FaultGate,
     pub stats: Stats,
     rid_seq: u64,
+    /// The app secret WeChat accepts now (rotated with `POST /_sandbox/secret`).
+    pub secret: String,
 }
 
 impl State {
@@ -83,6 +85,7 @@ impl State {
             faults: FaultGate::default(),
             stats: Stats::default(),
             rid_seq: 0,
+            secret: cfg.secret.clone(),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::appsecret::SecretSource;
 use crate::codecache::CodeCache;
 use crate::config::{Config, ConfigError};
 use crate::store::{DynamoStore, Store};
@@ -59,11 +60,49 @@ impl App {
             |e| tracing::error!(variable = e.var, error = %e, "configuration error"),
         )?;
         let sdk = crate::aws::sdk_config().await;
-        let store = DynamoStore::new(crate::aws::dynamodb(&sdk), table);
+        Self::from_config(config, table, &sdk).await
+    }
+
+    /// The Lambda setup from a read configuration: the app secret from Secrets Manager when
+    /// `WECHAT_SECRET_ARN` is set (an unreadable or malformed secret fails the start, naming the
+    /// variable and the field), DynamoDB and S3 on `sdk`.
+    pub async fn from_config(
+        mut config: Config,
+        table: String,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Self, InitError> {
+        let source = match &config.secret_arn {
+            Some(arn) => {
+                let source = Arc::new(SecretSource::new(crate::aws::secrets_manager(sdk), arn));
+                let secret = source.read().await.inspect_err(
+                    |e| tracing::error!(variable = e.var, error = %e, "configuration error"),
+                )?;
+                config.wechat = secret.credentials;
+                Some(source)
+            }
+            None => None,
+        };
+        let store = DynamoStore::new(crate::aws::dynamodb(sdk), table);
         let codes = config
             .code_bucket
             .as_ref()
-            .map(|b| CodeCache::new(crate::aws::s3(&sdk), b));
-        Ok(App::new(config, Arc::new(store)).with_code_cache(codes))
+            .map(|b| CodeCache::new(crate::aws::s3(sdk), b));
+        let mut app = App::new(config, Arc::new(store)).with_code_cache(codes);
+        if let Some(source) = source {
+            app = app.with_secret_source(source);
+        }
+        Ok(app)
+    }
+
+    /// Re-reads the AppSecret from `source` when WeChat refuses the current one.
+    pub fn with_secret_source(mut self, source: Arc<SecretSource>) -> Self {
+        self.wechat = self.wechat.with_secret_source(source);
+        // The keeper fetches tokens through its own clone of the client.
+        self.tokens = Arc::new(TokenKeeper::new(
+            self.wechat.clone(),
+            self.store.clone(),
+            self.config.token_mode,
+        ));
+        self
     }
 }

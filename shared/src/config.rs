@@ -52,7 +52,11 @@ impl std::fmt::Debug for Credentials {
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// From `WECHAT_APPID` and `WECHAT_SECRET`, or (with `secret_arn`) filled from the secret at
+    /// start-up (`App::from_env`).
     pub wechat: Credentials,
+    /// `WECHAT_SECRET_ARN`: the Secrets Manager secret holding the credentials.
+    pub secret_arn: Option<String>,
     pub wechat_api_base: String,
     pub token_mode: TokenMode,
     /// `None` only where the caller brings its own store (the local server's embedded one).
@@ -80,14 +84,32 @@ impl Config {
                 reason: "is required but not set".into(),
             })
         };
-        let appid = required("WECHAT_APPID")?;
-        if !appid.chars().all(|c| c.is_ascii_alphanumeric()) || appid.len() > 64 {
+        let secret_arn = get("WECHAT_SECRET_ARN");
+        if secret_arn.is_some()
+            && get("WECHAT_SECRET").is_some()
+            && get("AWS_LAMBDA_FUNCTION_NAME").is_some()
+        {
             return Err(ConfigError {
-                var: "WECHAT_APPID",
-                reason: "must be the mini-program's app id (letters and digits)".into(),
+                var: "WECHAT_SECRET",
+                reason: "is set together with WECHAT_SECRET_ARN: in Lambda the AppSecret comes \
+                         only from Secrets Manager; remove WECHAT_SECRET from the function's \
+                         environment"
+                    .into(),
             });
         }
-        let secret = required("WECHAT_SECRET")?;
+        // With a secret ARN, both come from the secret (read at start-up).
+        let (appid, secret) = if secret_arn.is_some() && get("WECHAT_SECRET").is_none() {
+            (String::new(), String::new())
+        } else {
+            let appid = required("WECHAT_APPID")?;
+            if !appid.chars().all(|c| c.is_ascii_alphanumeric()) || appid.len() > 64 {
+                return Err(ConfigError {
+                    var: "WECHAT_APPID",
+                    reason: "must be the mini-program's app id (letters and digits)".into(),
+                });
+            }
+            (appid, required("WECHAT_SECRET")?)
+        };
         let wechat_api_base = get("WECHAT_API_BASE")
             .unwrap_or_else(|| DEFAULT_WECHAT_API_BASE.to_string())
             .trim_end_matches('/')
@@ -122,8 +144,11 @@ impl Config {
                     ),
                 })?,
         };
+        // Outside Lambda an explicit WECHAT_SECRET wins (local runs).
+        let secret_arn = secret_arn.filter(|_| secret.is_empty());
         Ok(Config {
             wechat: Credentials { appid, secret },
+            secret_arn,
             wechat_api_base,
             token_mode,
             table_name: get("TABLE_NAME"),
@@ -183,6 +208,29 @@ mod tests {
             let err = cfg(&pairs).unwrap_err();
             assert_eq!(err.var, var, "{err}");
         }
+    }
+
+    #[test]
+    fn a_secret_arn_replaces_the_secret_and_both_refuse_to_start_in_lambda() {
+        let c = cfg(&[("WECHAT_SECRET_ARN", "arn:aws:secretsmanager:r:1:secret:wx")]).unwrap();
+        assert_eq!(
+            c.secret_arn.as_deref(),
+            Some("arn:aws:secretsmanager:r:1:secret:wx")
+        );
+        assert_eq!(c.wechat.secret, "");
+        let both = [
+            ("WECHAT_SECRET_ARN", "arn:x"),
+            ("WECHAT_APPID", "wx1"),
+            ("WECHAT_SECRET", "s"),
+        ];
+        // A local run with both: the explicit secret is used.
+        let c = cfg(&both).unwrap();
+        assert_eq!((c.secret_arn, c.wechat.secret.as_str()), (None, "s"));
+        let mut in_lambda = both.to_vec();
+        in_lambda.push(("AWS_LAMBDA_FUNCTION_NAME", "login"));
+        let e = cfg(&in_lambda).unwrap_err();
+        assert_eq!(e.var, "WECHAT_SECRET");
+        assert!(e.to_string().contains("WECHAT_SECRET_ARN"), "{e}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! surface and the Lambda adapter. Functions' `main.rs` files only wire these together.
 
 pub mod app;
+pub mod appsecret;
 pub mod aws;
 pub mod clock;
 pub mod codecache;

@@ -11,10 +11,12 @@
 
 mod dynamodb;
 mod s3;
+mod secrets;
 mod signed;
 
 pub use dynamodb::DynamoDb;
 pub use s3::S3;
+pub use secrets::SecretsManager;
 pub use signed::AwsError;
 
 use std::time::Duration;
@@ -50,6 +52,12 @@ pub async fn sdk_config() -> SdkConfig {
 /// endpoint, or the region's).
 pub fn dynamodb(sdk: &SdkConfig) -> DynamoDb {
     DynamoDb::new(signed::Signed::new(sdk, "dynamodb"))
+}
+
+/// The Secrets Manager client of `sdk` (endpoint: `AWS_ENDPOINT_URL_SECRETSMANAGER`, the
+/// config's, or the region's).
+pub fn secrets_manager(sdk: &SdkConfig) -> SecretsManager {
+    SecretsManager::new(signed::Signed::new(sdk, "secretsmanager"))
 }
 
 /// The S3 client of `sdk`: path-style addressing whenever a custom endpoint is set (local servers

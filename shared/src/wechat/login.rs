@@ -24,21 +24,26 @@ impl WeChatClient {
             session_key: String,
             unionid: Option<String>,
         }
+        // WeChat checks the secret before the code: a code refused with 40125 is still unused
+        // and may be sent again with a rotated secret.
         let raw: Raw = self
-            .call_json(
-                reqwest::Method::GET,
-                "/sns/jscode2session",
-                &[
-                    ("appid", &self.creds.appid),
-                    ("secret", &self.creds.secret),
-                    ("js_code", js_code),
-                    ("grant_type", "authorization_code"),
-                ],
-                None,
-                // Single use: a resend after WeChat may have taken the code would only earn
-                // "code been used" and hide the real failure.
-                Resend::OnlyWhenUnused,
-            )
+            .with_secret(false, |secret| async move {
+                self.call_json(
+                    reqwest::Method::GET,
+                    "/sns/jscode2session",
+                    &[
+                        ("appid", self.appid()),
+                        ("secret", &secret),
+                        ("js_code", js_code),
+                        ("grant_type", "authorization_code"),
+                    ],
+                    None,
+                    // Single use: a resend after WeChat may have taken the code would only earn
+                    // "code been used" and hide the real failure.
+                    Resend::OnlyWhenUnused,
+                )
+                .await
+            })
             .await?;
         Ok(Code2Session {
             openid: raw.openid,

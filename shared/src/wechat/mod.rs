@@ -58,7 +58,11 @@ impl CallMeter {
 pub struct WeChatClient {
     http: reqwest::Client,
     base: String,
-    creds: Credentials,
+    appid: String,
+    /// Replaced when the secret is rotated (see [`crate::appsecret`]).
+    secret: std::sync::Arc<std::sync::RwLock<String>>,
+    /// Where a rotated secret is read from (Lambda with `WECHAT_SECRET_ARN`).
+    source: Option<std::sync::Arc<crate::appsecret::SecretSource>>,
     retry: RetryPolicy,
     #[cfg(feature = "bench")]
     meter: std::sync::Arc<CallMeter>,
@@ -76,7 +80,9 @@ impl WeChatClient {
         WeChatClient {
             http,
             base: base.trim_end_matches('/').to_string(),
-            creds,
+            appid: creds.appid,
+            secret: std::sync::Arc::new(std::sync::RwLock::new(creds.secret)),
+            source: None,
             retry: RetryPolicy::default(),
             #[cfg(feature = "bench")]
             meter: Default::default(),
@@ -95,6 +101,53 @@ impl WeChatClient {
     }
 
     pub fn appid(&self) -> &str {
-        &self.creds.appid
+        &self.appid
+    }
+
+    /// Reads a rotated AppSecret from `source` when WeChat refuses the current one.
+    pub fn with_secret_source(
+        mut self,
+        source: std::sync::Arc<crate::appsecret::SecretSource>,
+    ) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    fn secret(&self) -> String {
+        self.secret.read().expect("not poisoned").clone()
+    }
+
+    /// Runs `call` with the current AppSecret. If WeChat refuses the secret (40125, or 40001
+    /// where `also_40001`) and a re-read of the secret (at most once a minute) finds another
+    /// one, that one is kept and `call` runs once more with it.
+    async fn with_secret<T, F, Fut>(&self, also_40001: bool, call: F) -> Result<T, WxError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, WxError>>,
+    {
+        let used = self.secret();
+        let result = call(used.clone()).await;
+        let refused = match &result {
+            Err(e) => {
+                matches!(e.errcode(), Some(40125)) || (also_40001 && e.errcode() == Some(40001))
+            }
+            Ok(_) => false,
+        };
+        let Some(source) = self.source.as_ref().filter(|_| refused) else {
+            return result;
+        };
+        let Some(fresh) = source.reread().await else {
+            return result;
+        };
+        if fresh.credentials.appid != self.appid {
+            tracing::warn!(appid = %fresh.credentials.appid, "the secret now names another app id; not used");
+            return result;
+        }
+        if fresh.credentials.secret == used {
+            return result;
+        }
+        tracing::info!("app secret rotated; trying again with the new one");
+        *self.secret.write().expect("not poisoned") = fresh.credentials.secret.clone();
+        call(fresh.credentials.secret).await
     }
 }

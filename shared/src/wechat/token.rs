@@ -18,17 +18,20 @@ pub struct FetchedToken {
 impl WeChatClient {
     /// `GET /cgi-bin/token`: a new legacy token, which invalidates the previous one after the overlap.
     pub async fn legacy_token(&self) -> Result<FetchedToken, WxError> {
-        self.token_call(
-            reqwest::Method::GET,
-            "/cgi-bin/token",
-            &[
-                ("grant_type", "client_credential"),
-                ("appid", &self.creds.appid),
-                ("secret", &self.creds.secret),
-            ],
-            None,
-            Resend::WhenTransient,
-        )
+        self.with_secret(true, |secret| async move {
+            self.token_call(
+                reqwest::Method::GET,
+                "/cgi-bin/token",
+                &[
+                    ("grant_type", "client_credential"),
+                    ("appid", self.appid()),
+                    ("secret", &secret),
+                ],
+                None,
+                Resend::WhenTransient,
+            )
+            .await
+        })
         .await
     }
 
@@ -38,23 +41,28 @@ impl WeChatClient {
     /// busy answer): after an ambiguous failure a second force would fall inside WeChat's 30 s
     /// and burn the daily quota, so the caller gets the error instead.
     pub async fn stable_token(&self, force: bool) -> Result<FetchedToken, WxError> {
-        let body = json!({
-            "grant_type": "client_credential",
-            "appid": self.creds.appid,
-            "secret": self.creds.secret,
-            "force_refresh": force,
-        });
-        self.token_call(
-            reqwest::Method::POST,
-            "/cgi-bin/stable_token",
-            &[],
-            Some(&body),
-            if force {
-                Resend::OnlyWhenUnused
-            } else {
-                Resend::WhenTransient
-            },
-        )
+        // A refused secret is checked before anything else: WeChat did not act on that call, so
+        // even a force refresh may be sent again with the rotated secret.
+        self.with_secret(true, |secret| async move {
+            let body = json!({
+                "grant_type": "client_credential",
+                "appid": self.appid(),
+                "secret": secret,
+                "force_refresh": force,
+            });
+            self.token_call(
+                reqwest::Method::POST,
+                "/cgi-bin/stable_token",
+                &[],
+                Some(&body),
+                if force {
+                    Resend::OnlyWhenUnused
+                } else {
+                    Resend::WhenTransient
+                },
+            )
+            .await
+        })
         .await
     }
 

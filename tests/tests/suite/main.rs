@@ -10,6 +10,7 @@ mod local_server;
 mod login;
 mod qrcode;
 mod routes;
+mod secrets;
 mod store_suite;
 mod tokens;
 mod virtual_clock;
