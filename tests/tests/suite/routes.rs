@@ -154,3 +154,48 @@ async fn each_function_serves_its_routes_and_only_those() {
         }
     }
 }
+
+/// The AppSecret reaches the functions only through Secrets Manager: no function's environment
+/// carries it, every function gets the secret's ARN and may read that one secret and no other.
+#[test]
+fn the_app_secret_is_in_secrets_manager_never_in_an_environment() {
+    let doc = yaml("template.yaml");
+    let globals = &doc["Globals"]["Function"]["Environment"]["Variables"];
+    let secret_ref = |v: &Value| -> String { serde_yaml::to_string(v).unwrap() };
+    let arn = secret_ref(&globals["WECHAT_SECRET_ARN"]);
+    assert!(arn.contains("AppSecret") && arn.contains("ExistingSecretArn"), "{arn}");
+    let mut functions = 0;
+    for (name, res) in doc["Resources"].as_mapping().unwrap() {
+        let text = serde_yaml::to_string(res).unwrap();
+        if res["Type"].as_str() == Some("AWS::SecretsManager::Secret") {
+            continue;
+        }
+        assert!(
+            !text.contains("WeChatAppSecret") && !text.contains("WECHAT_SECRET:"),
+            "{name:?} must not see the AppSecret"
+        );
+        if res["Type"].as_str() != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        functions += 1;
+        let env = &res["Properties"]["Environment"]["Variables"];
+        assert!(env["WECHAT_SECRET"].is_null() && env["WECHAT_APPID"].is_null(), "{name:?}");
+        let statements = res["Properties"]["Policies"][0]["Statement"]
+            .as_sequence()
+            .expect("a policy statement list");
+        let reads: Vec<_> = statements
+            .iter()
+            .filter(|s| secret_ref(&s["Action"]).contains("secretsmanager"))
+            .collect();
+        assert_eq!(reads.len(), 1, "{name:?}: one statement for the secret");
+        assert_eq!(
+            secret_ref(&reads[0]["Action"]).trim(),
+            "- secretsmanager:GetSecretValue",
+            "{name:?}"
+        );
+        assert_eq!(secret_ref(&reads[0]["Resource"]), arn, "{name:?}: that secret only");
+    }
+    assert_eq!(functions, 3);
+    let secret = &doc["Resources"]["AppSecret"];
+    assert_eq!(secret["Condition"].as_str(), Some("CreateSecret"));
+}
