@@ -163,7 +163,10 @@ fn the_app_secret_is_in_secrets_manager_never_in_an_environment() {
     let globals = &doc["Globals"]["Function"]["Environment"]["Variables"];
     let secret_ref = |v: &Value| -> String { serde_yaml::to_string(v).unwrap() };
     let arn = secret_ref(&globals["WECHAT_SECRET_ARN"]);
-    assert!(arn.contains("AppSecret") && arn.contains("ExistingSecretArn"), "{arn}");
+    assert!(
+        arn.contains("AppSecret") && arn.contains("ExistingSecretArn"),
+        "{arn}"
+    );
     let mut functions = 0;
     for (name, res) in doc["Resources"].as_mapping().unwrap() {
         let text = serde_yaml::to_string(res).unwrap();
@@ -179,7 +182,10 @@ fn the_app_secret_is_in_secrets_manager_never_in_an_environment() {
         }
         functions += 1;
         let env = &res["Properties"]["Environment"]["Variables"];
-        assert!(env["WECHAT_SECRET"].is_null() && env["WECHAT_APPID"].is_null(), "{name:?}");
+        assert!(
+            env["WECHAT_SECRET"].is_null() && env["WECHAT_APPID"].is_null(),
+            "{name:?}"
+        );
         let statements = res["Properties"]["Policies"][0]["Statement"]
             .as_sequence()
             .expect("a policy statement list");
@@ -193,7 +199,11 @@ fn the_app_secret_is_in_secrets_manager_never_in_an_environment() {
             "- secretsmanager:GetSecretValue",
             "{name:?}"
         );
-        assert_eq!(secret_ref(&reads[0]["Resource"]), arn, "{name:?}: that secret only");
+        assert_eq!(
+            secret_ref(&reads[0]["Resource"]),
+            arn,
+            "{name:?}: that secret only"
+        );
     }
     assert_eq!(functions, 3);
     let secret = &doc["Resources"]["AppSecret"];

@@ -304,7 +304,7 @@ fn code_event(bearer: &str, scene: &str) -> Value {
 }
 
 /// Whether scenario `what` runs: all of them, or those named in `BENCH_ONLY` (comma-separated:
-/// login, GET /session, code miss, code hit, python login, echo).
+/// login, login secret, GET /session, code miss, code hit, python login, echo).
 fn only(what: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |o| o.split(',').any(|w| w.trim() == what))
 }
@@ -389,6 +389,45 @@ pub async fn run() {
         )
         .await;
         figures("login: POST /login".into(), c, w, count + 1);
+    }
+
+    if only("login secret") {
+        // login again, its AppSecret read from Secrets Manager at start (WECHAT_SECRET_ARN), as
+        // deployed: what the one GetSecretValue adds to a cold start.
+        let value = serde_json::json!({
+            "appid": sandbox.config().appid,
+            "secret": sandbox.config().secret,
+        });
+        let created = wxmp::aws::secrets_manager(&env.sdk)
+            .call(
+                "CreateSecret",
+                &serde_json::json!({
+                    "Name": e2e::moto::unique_name("bench"),
+                    "SecretString": value.to_string(),
+                }),
+            )
+            .await
+            .expect("secret created");
+        let mut senv = fenv.clone();
+        senv.retain(|(k, _)| k != "WECHAT_SECRET" && k != "WECHAT_APPID");
+        senv.push((
+            "WECHAT_SECRET_ARN".into(),
+            created["ARN"].as_str().expect("ARN").into(),
+        ));
+        let (init, first) = cold(
+            Runner::Rust("login"),
+            &senv,
+            starts,
+            &mut |i| login("secret", i),
+            "login (secret)",
+        )
+        .await;
+        println!(
+            "  {:<30} {:>10} {:>11}   (AppSecret from Secrets Manager: one GetSecretValue at init)",
+            "login: cold, WECHAT_SECRET_ARN",
+            ms(pct(&init, 0.5)),
+            ms(pct(&first, 0.5)),
+        );
     }
 
     if only("GET /session") {
