@@ -220,4 +220,9 @@ async fn a_rotated_secret_is_read_again_once_and_used() {
     .await;
     assert_ne!(r.status, 200);
     assert_eq!(r.json()["error"]["wechat_errcode"], 40125);
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(
+        !body.contains("rotated-secret") && !body.contains("yet-another") && !body.contains(&old),
+        "{body}"
+    );
 }
