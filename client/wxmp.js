@@ -83,7 +83,7 @@ export function createClient({
   storageKey = 'wxmp.session',
   maxInFlight = 10,
   maxLoginFailures = 3,
-  wx: api = globalThis.wx,
+  wx: api = typeof wx !== 'undefined' ? wx : undefined, // eslint-disable-line no-undef
 } = {}) {
   if (!baseUrl) throw new TypeError('createClient: baseUrl is required');
   if (!api) throw new TypeError('createClient: no wx API (pass { wx } outside a mini-program)');
