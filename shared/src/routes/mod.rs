@@ -8,6 +8,7 @@
 //! log line per request and the deadline guard are a layer ([`crate::http::layer`]).
 
 pub mod login;
+pub mod me;
 pub mod phone;
 pub mod qrcode;
 pub mod session;
@@ -25,7 +26,8 @@ use crate::error::ApiError;
 /// Which routes a deployment unit serves: each Lambda serves its own; the local server all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Surface {
-    /// `POST /login`, `GET /session`, `DELETE /session` (the login function).
+    /// `POST /login`, `GET /session`, `DELETE /session`, `GET /me`, `PUT /me` (the login
+    /// function).
     Sessions,
     /// `POST /qrcode`, `POST /phone` (the qrcode function).
     Codes,
@@ -46,6 +48,8 @@ pub const ROUTES: &[(&str, &str, Surface)] = &[
     ("POST", "/login", Surface::Sessions),
     ("GET", "/session", Surface::Sessions),
     ("DELETE", "/session", Surface::Sessions),
+    ("GET", "/me", Surface::Sessions),
+    ("PUT", "/me", Surface::Sessions),
     ("POST", "/qrcode", Surface::Codes),
     ("POST", "/phone", Surface::Codes),
 ];
@@ -56,6 +60,7 @@ pub fn router(app: Arc<App>, surface: Surface) -> Router {
     if surface.includes(Surface::Sessions) {
         r = mount(r, "/login", post(login::login));
         r = mount(r, "/session", get(session::get).delete(session::delete));
+        r = mount(r, "/me", get(me::get).put(me::put));
     }
     if surface.includes(Surface::Codes) {
         r = mount(r, "/qrcode", post(qrcode::qrcode));

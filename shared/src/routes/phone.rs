@@ -28,7 +28,7 @@ pub struct PhoneResponse {
 
 pub async fn phone(
     State(app): State<Arc<App>>,
-    _user: Session,
+    Session(user): Session,
     JsonBody(req): JsonBody<PhoneRequest>,
 ) -> Result<Reply<PhoneResponse>, ApiError> {
     let code = req.code.as_str();
@@ -54,6 +54,10 @@ pub async fn phone(
             "the phone number's watermark names another app id".into(),
         )));
     }
+    // Bound to the user's record (the login article's user table), shown by `GET /me`.
+    app.store
+        .bind_phone(&user.openid, &info.phone_number, crate::now_secs())
+        .await?;
     Ok(Reply(PhoneResponse {
         phone_number: info.phone_number,
         pure_phone_number: info.pure_phone_number,

@@ -1,6 +1,7 @@
 //! The DynamoDB store. Item layout (partition key `pk`):
 //! - `session#<sha256 of token>`: openid, unionid?, session_key, created_at, expires_at (TTL)
-//! - `user#<openid>`: first_seen, last_login, unionid?
+//! - `user#<openid>`: first_seen, last_login, unionid?, phone?, phone_bound_at?, nickname?,
+//!   avatar_url?
 //! - `token#<appid>#<mode>`: access_token, expires_at (TTL), fetched_at_ms
 //! - `lease#<name>`: holder, until_ms, expires_at (TTL)
 //! - `quota#<name>`: used, expires_at (TTL)
@@ -173,6 +174,82 @@ impl UserStore for DynamoStore {
         // (A retry whose first attempt was applied reports a new user as known: a second login
         // in the same second must not count as new, so the two cannot be told apart.)
         Ok(out.pointer("/Attributes/first_seen").is_none())
+    }
+
+    async fn get_user(&self, openid: &str) -> Result<Option<UserRecord>, StoreError> {
+        Ok(self
+            .get(user_pk(openid))
+            .await?
+            .map(|item| user_record(openid, &item)))
+    }
+
+    async fn bind_phone(&self, openid: &str, phone: &str, now: u64) -> Result<(), StoreError> {
+        self.call(
+            "UpdateItem",
+            json!({
+                "Key": { "pk": s(user_pk(openid)) },
+                "UpdateExpression": "SET phone = :p, phone_bound_at = :now",
+                "ExpressionAttributeValues": { ":p": s(phone), ":now": n(now) },
+            }),
+        )
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
+    async fn update_profile(
+        &self,
+        openid: &str,
+        nickname: Option<&str>,
+        avatar_url: Option<&str>,
+    ) -> Result<UserRecord, StoreError> {
+        let mut sets = Vec::new();
+        let mut values = Map::new();
+        if let Some(v) = nickname {
+            sets.push("nickname = :n");
+            values.insert(":n".into(), s(v));
+        }
+        if let Some(v) = avatar_url {
+            sets.push("avatar_url = :a");
+            values.insert(":a".into(), s(v));
+        }
+        if sets.is_empty() {
+            return Ok(self.get_user(openid).await?.unwrap_or(UserRecord {
+                openid: openid.to_string(),
+                ..Default::default()
+            }));
+        }
+        let out = self
+            .call(
+                "UpdateItem",
+                json!({
+                    "Key": { "pk": s(user_pk(openid)) },
+                    "UpdateExpression": format!("SET {}", sets.join(", ")),
+                    "ExpressionAttributeValues": values,
+                    "ReturnValues": "ALL_NEW",
+                }),
+            )
+            .await
+            .map_err(err)?;
+        let item = out
+            .get("Attributes")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        Ok(user_record(openid, &item))
+    }
+}
+
+fn user_record(openid: &str, item: &Map<String, Value>) -> UserRecord {
+    UserRecord {
+        openid: openid.to_string(),
+        unionid: get_s(item, "unionid"),
+        first_seen: get_n(item, "first_seen"),
+        last_login: get_n(item, "last_login"),
+        phone: get_s(item, "phone"),
+        phone_bound_at: get_n(item, "phone_bound_at"),
+        nickname: get_s(item, "nickname"),
+        avatar_url: get_s(item, "avatar_url"),
     }
 }
 

@@ -16,7 +16,7 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Inner {
     sessions: HashMap<String, SessionRecord>,
-    users: HashMap<String, (u64, u64)>,
+    users: HashMap<String, UserRecord>,
     tokens: HashMap<String, StoredToken>,
     leases: HashMap<String, (String, u64)>,
     quotas: HashMap<String, (u32, u64)>,
@@ -66,13 +66,65 @@ impl UserStore for MemoryStore {
     async fn record_login(
         &self,
         openid: &str,
-        _: Option<&str>,
+        unionid: Option<&str>,
         now: u64,
     ) -> Result<bool, StoreError> {
         let mut g = self.lock();
-        let new = !g.users.contains_key(openid);
-        g.users.entry(openid.to_string()).or_insert((now, now)).1 = now;
+        let u = g
+            .users
+            .entry(openid.to_string())
+            .or_insert_with(|| UserRecord {
+                openid: openid.to_string(),
+                ..Default::default()
+            });
+        let new = u.first_seen.is_none();
+        u.first_seen.get_or_insert(now);
+        u.last_login = Some(now);
+        if let Some(unionid) = unionid {
+            u.unionid = Some(unionid.to_string());
+        }
         Ok(new)
+    }
+
+    async fn get_user(&self, openid: &str) -> Result<Option<UserRecord>, StoreError> {
+        Ok(self.lock().users.get(openid).cloned())
+    }
+
+    async fn bind_phone(&self, openid: &str, phone: &str, now: u64) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        let u = g
+            .users
+            .entry(openid.to_string())
+            .or_insert_with(|| UserRecord {
+                openid: openid.to_string(),
+                ..Default::default()
+            });
+        u.phone = Some(phone.to_string());
+        u.phone_bound_at = Some(now);
+        Ok(())
+    }
+
+    async fn update_profile(
+        &self,
+        openid: &str,
+        nickname: Option<&str>,
+        avatar_url: Option<&str>,
+    ) -> Result<UserRecord, StoreError> {
+        let mut g = self.lock();
+        let u = g
+            .users
+            .entry(openid.to_string())
+            .or_insert_with(|| UserRecord {
+                openid: openid.to_string(),
+                ..Default::default()
+            });
+        if let Some(n) = nickname {
+            u.nickname = Some(n.to_string());
+        }
+        if let Some(a) = avatar_url {
+            u.avatar_url = Some(a.to_string());
+        }
+        Ok(u.clone())
     }
 }
 

@@ -39,6 +39,20 @@ pub trait SessionStore: Send + Sync {
     async fn delete_session(&self, key: &str) -> Result<(), StoreError>;
 }
 
+/// What the app knows of a user (`user#<openid>`): bound at logins, `POST /phone` and `PUT /me`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserRecord {
+    pub openid: String,
+    pub unionid: Option<String>,
+    /// Epoch seconds of the first and the latest login (absent only if a login's write failed).
+    pub first_seen: Option<u64>,
+    pub last_login: Option<u64>,
+    pub phone: Option<String>,
+    pub phone_bound_at: Option<u64>,
+    pub nickname: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
 #[async_trait]
 pub trait UserStore: Send + Sync {
     /// Records a login of `openid` at `now`; true when this is the user's first login ever.
@@ -48,6 +62,17 @@ pub trait UserStore: Send + Sync {
         unionid: Option<&str>,
         now: u64,
     ) -> Result<bool, StoreError>;
+    /// The user's record, if one was ever written.
+    async fn get_user(&self, openid: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Binds a phone number to the user at `now`.
+    async fn bind_phone(&self, openid: &str, phone: &str, now: u64) -> Result<(), StoreError>;
+    /// Sets the given profile fields (the others stay); the record as it is now.
+    async fn update_profile(
+        &self,
+        openid: &str,
+        nickname: Option<&str>,
+        avatar_url: Option<&str>,
+    ) -> Result<UserRecord, StoreError>;
 }
 
 /// The shared access token as stored for all instances.

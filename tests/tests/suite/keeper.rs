@@ -438,6 +438,20 @@ impl UserStore for TokensDown {
     async fn record_login(&self, o: &str, u: Option<&str>, now: u64) -> Result<bool, StoreError> {
         self.0.record_login(o, u, now).await
     }
+    async fn get_user(&self, openid: &str) -> Result<Option<wxmp::store::UserRecord>, StoreError> {
+        self.0.get_user(openid).await
+    }
+    async fn bind_phone(&self, openid: &str, phone: &str, now: u64) -> Result<(), StoreError> {
+        self.0.bind_phone(openid, phone, now).await
+    }
+    async fn update_profile(
+        &self,
+        openid: &str,
+        nickname: Option<&str>,
+        avatar_url: Option<&str>,
+    ) -> Result<wxmp::store::UserRecord, StoreError> {
+        self.0.update_profile(openid, nickname, avatar_url).await
+    }
 }
 
 #[async_trait::async_trait]

@@ -8,6 +8,7 @@ mod keeper;
 mod lambda_login;
 mod local_server;
 mod login;
+mod me;
 mod qrcode;
 mod routes;
 mod secrets;

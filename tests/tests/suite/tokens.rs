@@ -684,6 +684,22 @@ impl UserStore for CountingStore {
         self.hit("record_login");
         self.inner.record_login(openid, unionid, now).await
     }
+    async fn get_user(&self, openid: &str) -> Result<Option<wxmp::store::UserRecord>, StoreError> {
+        self.inner.get_user(openid).await
+    }
+    async fn bind_phone(&self, openid: &str, phone: &str, now: u64) -> Result<(), StoreError> {
+        self.inner.bind_phone(openid, phone, now).await
+    }
+    async fn update_profile(
+        &self,
+        openid: &str,
+        nickname: Option<&str>,
+        avatar_url: Option<&str>,
+    ) -> Result<wxmp::store::UserRecord, StoreError> {
+        self.inner
+            .update_profile(openid, nickname, avatar_url)
+            .await
+    }
 }
 
 #[async_trait::async_trait]

@@ -62,6 +62,22 @@ impl UserStore for Metered {
     async fn record_login(&self, o: &str, u: Option<&str>, now: u64) -> Result<bool, StoreError> {
         self.counted(true, self.inner.record_login(o, u, now)).await
     }
+    async fn get_user(&self, openid: &str) -> Result<Option<wxmp::store::UserRecord>, StoreError> {
+        self.inner.get_user(openid).await
+    }
+    async fn bind_phone(&self, openid: &str, phone: &str, now: u64) -> Result<(), StoreError> {
+        self.inner.bind_phone(openid, phone, now).await
+    }
+    async fn update_profile(
+        &self,
+        openid: &str,
+        nickname: Option<&str>,
+        avatar_url: Option<&str>,
+    ) -> Result<wxmp::store::UserRecord, StoreError> {
+        self.inner
+            .update_profile(openid, nickname, avatar_url)
+            .await
+    }
 }
 
 #[async_trait]
