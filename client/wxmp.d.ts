@@ -34,6 +34,19 @@ export interface Session {
   /** Epoch seconds. */
   expires_at: number;
   openid: string;
+  unionid: string | null;
+  /** True at the user's first login ever. */
+  new_user: boolean;
+}
+
+export interface Me {
+  openid: string;
+  unionid: string | null;
+  first_seen: number | null;
+  last_login: number | null;
+  phone: string | null;
+  nickname: string | null;
+  avatar_url: string | null;
 }
 
 export interface RequestOptions {
@@ -58,13 +71,17 @@ export interface CodeParams {
 
 export interface Client {
   login(): Promise<Session>;
-  /** Resolves with the JSON body of a 2xx answer; rejects with a WxmpError otherwise. */
+  /** Resolves with the JSON body of a 2xx answer; rejects with a WxmpError otherwise. The
+   * token goes only to `baseUrl`: a full URL elsewhere is sent without it. */
   request<T = unknown>(options: RequestOptions): Promise<T>;
   /** The path of a temporary image file (under wx.env.USER_DATA_PATH) for `<image src>`. */
   qrcode(params: CodeParams): Promise<string>;
   phone(code: string): Promise<{ phone_number: string; pure_phone_number: string; country_code: string }>;
   session(): Promise<{ openid: string; unionid: string | null; expires_at: number }>;
-  /** Forgets the session locally even if the network fails. */
+  me(): Promise<Me>;
+  /** nickname: 1-64 characters; avatar_url: an https URL. */
+  updateProfile(profile: { nickname?: string | null; avatar_url?: string | null }): Promise<Me>;
+  /** Forgets the session locally (also a login still running) even if the network fails. */
   logout(): Promise<void>;
 }
 

@@ -139,6 +139,7 @@ export function createClient({
   let running = null; // the login in flight, shared by everyone who needs it
   let failures = 0;
   let lastFailure = null;
+  let epoch = 0; // moved on by logout(): a login still running then does not store its session
 
   const wxLogin = () =>
     new Promise((resolve, reject) =>
@@ -150,6 +151,7 @@ export function createClient({
 
   function loginOnce() {
     if (running) return running;
+    const started = epoch;
     running = (async () => {
       try {
         const code = await wxLogin();
@@ -161,8 +163,17 @@ export function createClient({
         });
         if (res.statusCode !== 200) throw errorOf(res);
         const body = json(res.data);
-        const session = { token: body.token, expires_at: body.expires_at, openid: body.openid };
-        api.setStorageSync(storageKey, session);
+        if (!body || typeof body.token !== 'string') {
+          throw new WxmpError({ status: res.statusCode, code: 'bad_response', message: 'the login answer has no token' });
+        }
+        const session = {
+          token: body.token,
+          expires_at: body.expires_at,
+          openid: body.openid,
+          unionid: body.unionid == null ? null : body.unionid,
+          new_user: body.new_user === true,
+        };
+        if (started === epoch) api.setStorageSync(storageKey, session);
         failures = 0;
         lastFailure = null;
         return session;
@@ -204,7 +215,7 @@ export function createClient({
       send({ ...options, header: { ...(options.header || {}), authorization: `Bearer ${s.token}` } });
     let s = await session();
     let res = await attempt(s);
-    if (res.statusCode === 401) {
+    if (res.statusCode === 401 && errorOf(res).code === 'unauthenticated') {
       s = await renewed(s.token);
       res = await attempt(s);
     }
@@ -212,7 +223,29 @@ export function createClient({
     return res;
   }
 
-  let files = 0;
+  /** A backend request with the session's token; resolves with the JSON body. A full URL
+   * elsewhere than `baseUrl` is sent as it is: the token never leaves the backend. */
+  async function request({ url, method = 'GET', data, header } = {}) {
+    const options = {
+      url: /^https?:/.test(url) ? url : `${base}${url.startsWith('/') ? '' : '/'}${url}`,
+      method,
+      data,
+      header: { 'content-type': 'application/json', ...(header || {}) },
+    };
+    const ours = options.url === base || options.url.startsWith(`${base}/`);
+    const res = ours ? await authorized(options) : await send(options);
+    if (res.statusCode < 200 || res.statusCode >= 300) throw errorOf(res);
+    return json(res.data);
+  }
+
+  /** One file name per set of parameters: a code made again overwrites its file, so files do
+   * not pile up in the user's storage (10 MB a mini-program). */
+  function fileOf(params, ext) {
+    const text = JSON.stringify(params);
+    let h = 5381;
+    for (let i = 0; i < text.length; i++) h = ((h * 33) ^ text.charCodeAt(i)) >>> 0;
+    return `${api.env.USER_DATA_PATH}/wxmp-code-${h.toString(16)}.${ext}`;
+  }
 
   return {
     /** wx.login, then POST /login; keeps the token. An explicit call always tries (it resets
@@ -222,16 +255,7 @@ export function createClient({
       return loginOnce();
     },
 
-    /** A backend request with the session's token; resolves with the JSON body. */
-    async request({ url, method = 'GET', data, header } = {}) {
-      const res = await authorized({
-        url: /^https?:/.test(url) ? url : `${base}${url.startsWith('/') ? '' : '/'}${url}`,
-        method,
-        data,
-        header: { 'content-type': 'application/json', ...(header || {}) },
-      });
-      return json(res.data);
-    },
+    request,
 
     /** POST /qrcode; resolves with the path of a temporary image file for `<image src>`. */
     async qrcode(params = {}) {
@@ -244,7 +268,7 @@ export function createClient({
       });
       const type = header(res.header, 'content-type') || 'image/png';
       const ext = type.includes('jpeg') ? 'jpg' : 'png';
-      const filePath = `${api.env.USER_DATA_PATH}/wxmp-code-${Date.now()}-${files++}.${ext}`;
+      const filePath = fileOf(params, ext);
       await new Promise((resolve, reject) =>
         api.getFileSystemManager().writeFile({
           filePath,
@@ -258,19 +282,31 @@ export function createClient({
       return filePath;
     },
 
-    /** POST /phone with a getPhoneNumber code. */
+    /** POST /phone with a getPhoneNumber code (the number is also bound to the user). */
     phone(code) {
-      return this.request({ url: '/phone', method: 'POST', data: { code } });
+      return request({ url: '/phone', method: 'POST', data: { code } });
     },
 
     /** GET /session: who the token belongs to, and until when. */
     session() {
-      return this.request({ url: '/session' });
+      return request({ url: '/session' });
+    },
+
+    /** GET /me: the backend's record of the user (first seen, last login, phone, profile). */
+    me() {
+      return request({ url: '/me' });
+    },
+
+    /** PUT /me with `{ nickname?, avatar_url? }` (the avatar and nickname components). */
+    updateProfile(profile) {
+      return request({ url: '/me', method: 'PUT', data: profile });
     },
 
     /** DELETE /session; the stored token is forgotten even if the network fails. */
     async logout() {
       const s = stored();
+      epoch++;
+      failures = 0;
       forget();
       if (!s) return;
       try {

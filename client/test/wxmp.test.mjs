@@ -74,6 +74,8 @@ function shim({ codes, delayMs = 0, afterLogin } = {}) {
       stats.inFlight++;
       stats.maxInFlight = Math.max(stats.maxInFlight, stats.inFlight);
       count(`${method} ${new URL(url).pathname}`);
+      stats.headers = stats.headers || [];
+      stats.headers.push({ url, header });
       (async () => {
         try {
           if (delayMs) await new Promise((r) => setTimeout(r, delayMs));
@@ -234,4 +236,49 @@ test('logout forgets the session, on the server and even when the network fails'
   assert.equal(e.status, 0);
   assert.equal(e.code, 'network');
   assert.equal(e.retryable, true);
+});
+
+test('a token expired locally is renewed before the request, without a refused call', async () => {
+  const { wx, stats, storage } = shim();
+  const client = createClient({ baseUrl: base, wx });
+  const s = await client.login();
+  storage.set('wxmp.session', { ...s, expires_at: Math.floor(Date.now() / 1000) - 1 });
+  await client.session();
+  assert.equal(stats.calls['POST /login'], 2);
+  assert.equal(stats.calls['GET /session'], 1, 'not sent with the expired token first');
+});
+
+test('the token is sent only to the backend', async () => {
+  const { wx, stats } = shim();
+  const client = createClient({ baseUrl: base, wx });
+  await client.login();
+  await client.request({ url: 'http://127.0.0.1:9/elsewhere' }).catch(() => {});
+  const elsewhere = stats.headers.find((h) => h.url.includes(':9/'));
+  assert.ok(elsewhere);
+  assert.equal(Object.keys(elsewhere.header).some((k) => k.toLowerCase() === 'authorization'), false);
+  await client.session();
+  const ours = stats.headers.filter((h) => h.url.endsWith('/session')).pop();
+  assert.match(ours.header.authorization, /^Bearer /);
+});
+
+test('a logout while a login runs is not undone by it', async () => {
+  const { wx, storage } = shim({ delayMs: 30 });
+  const client = createClient({ baseUrl: base, wx });
+  const login = client.login();
+  await client.logout();
+  await login;
+  assert.equal(storage.has('wxmp.session'), false);
+});
+
+test('the profile round trip: me() and updateProfile()', async () => {
+  const { wx } = shim();
+  const client = createClient({ baseUrl: base, wx });
+  const s = await client.login();
+  assert.equal(s.new_user, true);
+  const me = await client.updateProfile({ nickname: '小明', avatar_url: 'https://cdn.example.com/a.png' });
+  assert.equal(me.nickname, '小明');
+  assert.equal((await client.me()).avatar_url, 'https://cdn.example.com/a.png');
+  const e = await client.updateProfile({ avatar_url: 'http://insecure' }).catch((e) => e);
+  assert.equal(e.status, 400);
+  assert.match(e.message, /avatar_url/);
 });

@@ -94,15 +94,10 @@ impl App {
         Ok(app)
     }
 
-    /// Re-reads the AppSecret from `source` when WeChat refuses the current one.
-    pub fn with_secret_source(mut self, source: Arc<SecretSource>) -> Self {
-        self.wechat = self.wechat.with_secret_source(source);
-        // The keeper fetches tokens through its own clone of the client.
-        self.tokens = Arc::new(TokenKeeper::new(
-            self.wechat.clone(),
-            self.store.clone(),
-            self.config.token_mode,
-        ));
+    /// Re-reads the AppSecret from `source` when WeChat refuses the current one (the keeper's
+    /// client is a clone of the app's: both use it).
+    pub fn with_secret_source(self, source: Arc<SecretSource>) -> Self {
+        self.wechat.set_secret_source(source);
         self
     }
 }

@@ -6,7 +6,6 @@
 //!
 //! No value of the secret is ever printed: errors name the field, never its content.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -92,7 +91,8 @@ pub fn parse(text: &str) -> Result<AppSecret, ConfigError> {
 pub struct SecretSource {
     client: SecretsManager,
     arn: String,
-    last_read: Mutex<Option<Instant>>,
+    /// Held across a re-read, so concurrent refusals wait for one read instead of skipping it.
+    last_read: tokio::sync::Mutex<Option<Instant>>,
     reads: std::sync::atomic::AtomicU64,
 }
 
@@ -101,7 +101,7 @@ impl SecretSource {
         SecretSource {
             client,
             arn: arn.into(),
-            last_read: Mutex::new(None),
+            last_read: tokio::sync::Mutex::new(None),
             reads: Default::default(),
         }
     }
@@ -109,7 +109,11 @@ impl SecretSource {
     /// Reads and parses the secret (at init). A missing secret, one we may not read, or one
     /// that does not parse is an error naming `WECHAT_SECRET_ARN` (and the field).
     pub async fn read(&self) -> Result<AppSecret, ConfigError> {
-        *self.last_read.lock().expect("not poisoned") = Some(clock::now());
+        *self.last_read.lock().await = Some(clock::now());
+        self.fetch().await
+    }
+
+    async fn fetch(&self) -> Result<AppSecret, ConfigError> {
         self.reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let started = clock::now();
@@ -135,14 +139,12 @@ impl SecretSource {
     /// Reads the secret again unless that was done less than [`REREAD_INTERVAL`] ago; `None`
     /// when it was too soon or the read failed (logged).
     pub async fn reread(&self) -> Option<AppSecret> {
-        {
-            let mut last = self.last_read.lock().expect("not poisoned");
-            if last.is_some_and(|t| clock::now() < t + REREAD_INTERVAL) {
-                return None;
-            }
-            *last = Some(clock::now());
+        let mut last = self.last_read.lock().await;
+        if last.is_some_and(|t| clock::now() < t + REREAD_INTERVAL) {
+            return None;
         }
-        match self.read().await {
+        *last = Some(clock::now());
+        match self.fetch().await {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(error = %e, "app secret could not be read again");

@@ -444,7 +444,7 @@ fn log_fetch_error(mode: TokenMode, e: &WxError) {
             tracing::error!(mode = mode.as_str(), errcode = e.errcode(), error = %e, "access token quota exhausted")
         }
         Some(40013 | 40125 | 40164 | 40243 | 41004 | 40001) => {
-            tracing::error!(mode = mode.as_str(), errcode = e.errcode(), error = %e, "access token fetch refused: check WECHAT_APPID, WECHAT_SECRET and the IP allow-list")
+            tracing::error!(mode = mode.as_str(), errcode = e.errcode(), error = %e, "access token fetch refused: check the app id and AppSecret (WECHAT_APPID and WECHAT_SECRET, or the secret of WECHAT_SECRET_ARN) and the IP allow-list")
         }
         _ => tracing::error!(mode = mode.as_str(), error = %e, "access token fetch failed"),
     }

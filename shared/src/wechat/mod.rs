@@ -61,8 +61,9 @@ pub struct WeChatClient {
     appid: String,
     /// Replaced when the secret is rotated (see [`crate::appsecret`]).
     secret: std::sync::Arc<std::sync::RwLock<String>>,
-    /// Where a rotated secret is read from (Lambda with `WECHAT_SECRET_ARN`).
-    source: Option<std::sync::Arc<crate::appsecret::SecretSource>>,
+    /// Where a rotated secret is read from (Lambda with `WECHAT_SECRET_ARN`); shared by clones,
+    /// so one set on the app's client applies to the keeper's too.
+    source: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<crate::appsecret::SecretSource>>>,
     retry: RetryPolicy,
     #[cfg(feature = "bench")]
     meter: std::sync::Arc<CallMeter>,
@@ -82,7 +83,7 @@ impl WeChatClient {
             base: base.trim_end_matches('/').to_string(),
             appid: creds.appid,
             secret: std::sync::Arc::new(std::sync::RwLock::new(creds.secret)),
-            source: None,
+            source: Default::default(),
             retry: RetryPolicy::default(),
             #[cfg(feature = "bench")]
             meter: Default::default(),
@@ -104,13 +105,10 @@ impl WeChatClient {
         &self.appid
     }
 
-    /// Reads a rotated AppSecret from `source` when WeChat refuses the current one.
-    pub fn with_secret_source(
-        mut self,
-        source: std::sync::Arc<crate::appsecret::SecretSource>,
-    ) -> Self {
-        self.source = Some(source);
-        self
+    /// Reads a rotated AppSecret from `source` when WeChat refuses the current one (for this
+    /// client and every clone of it; the first source set stays).
+    pub fn set_secret_source(&self, source: std::sync::Arc<crate::appsecret::SecretSource>) {
+        let _ = self.source.set(source);
     }
 
     fn secret(&self) -> String {
@@ -128,26 +126,28 @@ impl WeChatClient {
         let used = self.secret();
         let result = call(used.clone()).await;
         let refused = match &result {
-            Err(e) => {
-                matches!(e.errcode(), Some(40125)) || (also_40001 && e.errcode() == Some(40001))
-            }
+            Err(e) => e.errcode() == Some(40125) || (also_40001 && e.errcode() == Some(40001)),
             Ok(_) => false,
         };
-        let Some(source) = self.source.as_ref().filter(|_| refused) else {
+        let Some(source) = self.source.get().filter(|_| refused) else {
             return result;
         };
-        let Some(fresh) = source.reread().await else {
-            return result;
-        };
-        if fresh.credentials.appid != self.appid {
-            tracing::warn!(appid = %fresh.credentials.appid, "the secret now names another app id; not used");
-            return result;
+        // Another request may have picked up the rotated secret meanwhile (re-reads are one at a
+        // time, and at most one a minute): use it rather than read again.
+        if self.secret() == used
+            && let Some(fresh) = source.reread().await
+        {
+            if fresh.credentials.appid != self.appid {
+                tracing::warn!(appid = %fresh.credentials.appid, "the secret now names another app id; not used");
+                return result;
+            }
+            *self.secret.write().expect("not poisoned") = fresh.credentials.secret;
         }
-        if fresh.credentials.secret == used {
+        let current = self.secret();
+        if current == used {
             return result;
         }
         tracing::info!("app secret rotated; trying again with the new one");
-        *self.secret.write().expect("not poisoned") = fresh.credentials.secret.clone();
-        call(fresh.credentials.secret).await
+        call(current).await
     }
 }

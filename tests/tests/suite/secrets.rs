@@ -180,21 +180,32 @@ async fn a_rotated_secret_is_read_again_once_and_used() {
     tokio::time::advance(wxmp::appsecret::REREAD_INTERVAL).await;
     tokio::time::resume();
 
+    // Five logins at once all meet the refusal; one re-read serves them all.
     let before = env.calls("/sns/jscode2session");
-    let code = env.sandbox().mint_login_code("bob");
-    let r = call_app(
-        &app,
-        "POST",
-        "/login",
-        None,
-        json!({"code": code}).to_string().as_bytes(),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let mut logins = tokio::task::JoinSet::new();
+    for i in 0..5 {
+        let code = env.sandbox().mint_login_code(&format!("bob{i}"));
+        let app = app.clone();
+        logins.spawn(async move {
+            call_app(
+                &app,
+                "POST",
+                "/login",
+                None,
+                json!({"code": code}).to_string().as_bytes(),
+            )
+            .await
+        });
+    }
+    let answers = logins.join_all().await;
+    for r in &answers {
+        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    }
+    let r = &answers[0];
     assert_eq!(
         env.calls("/sns/jscode2session") - before,
-        2,
-        "refused once, then accepted"
+        10,
+        "each refused once, then accepted"
     );
     // A code now comes too: the token fetch uses the new secret.
     let r = call_app(
