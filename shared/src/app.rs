@@ -29,11 +29,15 @@ pub enum InitError {
 impl App {
     pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
         let wechat = WeChatClient::new(&config.wechat_api_base, config.wechat.clone());
-        let tokens = Arc::new(TokenKeeper::new(
-            wechat.clone(),
-            store.clone(),
-            config.token_mode,
-        ));
+        let tokens = Arc::new(
+            TokenKeeper::new(wechat.clone(), store.clone(), config.token_mode).with_options(
+                crate::token::KeeperOptions {
+                    max_age: config.token_max_age,
+                    refresh_interval: config.refresh_interval,
+                    ..crate::token::KeeperOptions::for_mode(config.token_mode)
+                },
+            ),
+        );
         App {
             config,
             wechat,

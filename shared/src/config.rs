@@ -63,6 +63,10 @@ pub struct Config {
     pub table_name: Option<String>,
     pub code_bucket: Option<String>,
     pub session_ttl: Duration,
+    /// `TOKEN_MAX_AGE_SECS` (legacy mode only): the seed article's token freshness.
+    pub token_max_age: Option<Duration>,
+    /// `REFRESH_INTERVAL_SECS`: the refresher's period (EventBridge's schedule in AWS).
+    pub refresh_interval: Duration,
 }
 
 impl Config {
@@ -144,6 +148,41 @@ impl Config {
                     ),
                 })?,
         };
+        let refresh_interval = match get("REFRESH_INTERVAL_SECS") {
+            None => crate::refresher::DEFAULT_INTERVAL,
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .map(Duration::from_secs)
+                .ok_or_else(|| ConfigError {
+                    var: "REFRESH_INTERVAL_SECS",
+                    reason: format!("must be a whole number of seconds, got {v:?}"),
+                })?,
+        };
+        let token_max_age = match get("TOKEN_MAX_AGE_SECS") {
+            None => None,
+            Some(_) if token_mode != TokenMode::Legacy => {
+                return Err(ConfigError {
+                    var: "TOKEN_MAX_AGE_SECS",
+                    reason: "applies to WECHAT_TOKEN_MODE=legacy only: a stable token can be \
+                             renewed early only by a force refresh (20 a day)"
+                        .into(),
+                });
+            }
+            Some(v) => Some(
+                v.parse::<u64>()
+                    .ok()
+                    .filter(|n| (60..=7000).contains(n))
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| ConfigError {
+                        var: "TOKEN_MAX_AGE_SECS",
+                        reason: format!(
+                            "must be a whole number of seconds from 60 to 7000, got {v:?}"
+                        ),
+                    })?,
+            ),
+        };
         // Outside Lambda an explicit WECHAT_SECRET wins (local runs).
         let secret_arn = secret_arn.filter(|_| secret.is_empty());
         Ok(Config {
@@ -154,6 +193,8 @@ impl Config {
             table_name: get("TABLE_NAME"),
             code_bucket: get("CODE_BUCKET"),
             session_ttl: Duration::from_secs(session_ttl_secs),
+            token_max_age,
+            refresh_interval,
         })
     }
 
@@ -208,6 +249,33 @@ mod tests {
             let err = cfg(&pairs).unwrap_err();
             assert_eq!(err.var, var, "{err}");
         }
+    }
+
+    #[test]
+    fn token_max_age_is_for_legacy_mode_only() {
+        let base = [("WECHAT_APPID", "wx1"), ("WECHAT_SECRET", "s")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            cfg(&v)
+        };
+        assert_eq!(with(&[]).unwrap().token_max_age, None);
+        let c = with(&[
+            ("WECHAT_TOKEN_MODE", "legacy"),
+            ("TOKEN_MAX_AGE_SECS", "300"),
+        ])
+        .unwrap();
+        assert_eq!(c.token_max_age, Some(Duration::from_secs(300)));
+        let e = with(&[("TOKEN_MAX_AGE_SECS", "300")]).unwrap_err();
+        assert_eq!(e.var, "TOKEN_MAX_AGE_SECS");
+        assert!(e.to_string().contains("legacy"), "{e}");
+        for bad in ["10", "7201", "5m"] {
+            let e =
+                with(&[("WECHAT_TOKEN_MODE", "legacy"), ("TOKEN_MAX_AGE_SECS", bad)]).unwrap_err();
+            assert_eq!(e.var, "TOKEN_MAX_AGE_SECS");
+        }
+        let e = with(&[("REFRESH_INTERVAL_SECS", "0")]).unwrap_err();
+        assert_eq!(e.var, "REFRESH_INTERVAL_SECS");
     }
 
     #[test]

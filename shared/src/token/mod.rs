@@ -57,6 +57,12 @@ pub struct KeeperOptions {
     pub force_min_interval: Duration,
     /// Force refreshes allowed per UTC day across the fleet (WeChat allows 20).
     pub force_daily_cap: u32,
+    /// `TOKEN_MAX_AGE_SECS` (legacy mode): the refresher renews a shared token that would be
+    /// older than this at its next run, and requests never use one older than this plus
+    /// `refresh_interval` (they fetch instead, through the lease).
+    pub max_age: Option<Duration>,
+    /// The refresher's period (`REFRESH_INTERVAL_SECS`).
+    pub refresh_interval: Duration,
 }
 
 impl KeeperOptions {
@@ -86,6 +92,8 @@ impl Default for KeeperOptions {
             poll_interval: Duration::from_millis(50),
             force_min_interval: Duration::from_secs(30),
             force_daily_cap: 10,
+            max_age: None,
+            refresh_interval: crate::refresher::DEFAULT_INTERVAL,
         }
     }
 }
@@ -202,6 +210,16 @@ impl TokenKeeper {
         self.cache.get(self.opts.memory_max_age, |e| self.usable(e))
     }
 
+    /// When a stored token stops being served: WeChat's end, or earlier under `max_age`.
+    fn expiry(&self, t: &StoredToken) -> u64 {
+        match self.opts.max_age {
+            Some(age) => t
+                .expires_at
+                .min(t.fetched_at_ms / 1000 + age.as_secs() + self.opts.refresh_interval.as_secs()),
+            None => t.expires_at,
+        }
+    }
+
     fn usable(&self, expires_at: u64) -> bool {
         expires_at > crate::now_secs() + self.opts.min_remaining.as_secs()
     }
@@ -211,10 +229,10 @@ impl TokenKeeper {
         let Some(t) = self.store.get_token(&self.key).await? else {
             return Ok(None);
         };
-        if !self.usable(t.expires_at) || not == Some(&t.token) {
+        if !self.usable(self.expiry(&t)) || not == Some(&t.token) {
             return Ok(None);
         }
-        self.cache.remember(&t.token, t.expires_at);
+        self.cache.remember(&t.token, self.expiry(&t));
         Ok(Some(t.token))
     }
 
@@ -340,7 +358,7 @@ impl TokenKeeper {
         let shared = match self.store.get_token(&self.key).await? {
             Some(t)
                 if t.token != ours.token
-                    && self.usable(t.expires_at)
+                    && self.usable(self.expiry(&t))
                     && Some(&t.token) != rejected =>
             {
                 tracing::warn!(
@@ -351,7 +369,7 @@ impl TokenKeeper {
             }
             _ => (ours, true),
         };
-        self.cache.remember(&shared.0.token, shared.0.expires_at);
+        self.cache.remember(&shared.0.token, self.expiry(&shared.0));
         Ok(shared)
     }
 

@@ -20,9 +20,19 @@ impl TokenKeeper {
     /// two more runs. Stable mode simply asks each run (normal mode is idempotent and cheap).
     pub async fn refresh_scheduled(&self, interval: Duration) -> Result<RefreshReport, TokenError> {
         let horizon = 2 * interval.as_secs() + self.opts.min_remaining.as_secs();
+        // TOKEN_MAX_AGE_SECS: renewed when it would be older than that at the next run.
+        let too_old = |t: &StoredToken| {
+            self.opts.max_age.is_some_and(|age| {
+                let age_at_next_run = crate::now_millis().saturating_sub(t.fetched_at_ms)
+                    + interval.as_millis() as u64;
+                age_at_next_run > age.as_millis() as u64
+            })
+        };
         let needs = |t: &Option<StoredToken>| match (t, self.mode) {
             (_, TokenMode::Stable) | (None, _) => true,
-            (Some(t), TokenMode::Legacy) => t.expires_at <= crate::now_secs() + horizon,
+            (Some(t), TokenMode::Legacy) => {
+                t.expires_at <= crate::now_secs() + horizon || too_old(t)
+            }
         };
         let current = self.store.get_token(&self.key).await?;
         let (fetched, expires_at) = if !needs(&current) {

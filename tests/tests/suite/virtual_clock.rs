@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use wechat_sandbox::{Faults, RunningSandbox, Sandbox, SandboxConfig};
 use wxmp::clock;
 use wxmp::config::TokenMode;
-use wxmp::store::{MemoryStore, Store};
+use wxmp::store::{MemoryStore, Store, TokenStore};
 use wxmp::token::TokenKeeper;
 use wxmp::{App, Config};
 
@@ -504,4 +504,94 @@ async fn soak_two_weeks_stable() {
 #[tokio::test(start_paused = true)]
 async fn soak_two_weeks_legacy() {
     soak(TokenMode::Legacy).await;
+}
+
+/// The seed article's freshness, as an option (`TOKEN_MAX_AGE_SECS=300`, legacy mode): over a day
+/// with the refresher every 4 minutes and a code every 2 minutes, the refresher renews the token
+/// at each run (about 360 fetches, 86400 / 240), and no request ever uses a token older than the
+/// age plus one refresher interval.
+#[tokio::test(start_paused = true)]
+async fn a_day_at_token_max_age_300_fetches_about_360_times_and_never_serves_an_older_token() {
+    let world = World::new(TokenMode::Legacy).await;
+    let cfg = world.sandbox().config().clone();
+    let base = world.wechat.base_url();
+    let config = Config::from_lookup(|k| match k {
+        "WECHAT_APPID" => Some(cfg.appid.clone()),
+        "WECHAT_SECRET" => Some(cfg.secret.clone()),
+        "WECHAT_API_BASE" => Some(base.clone()),
+        "WECHAT_TOKEN_MODE" => Some("legacy".into()),
+        "TOKEN_MAX_AGE_SECS" => Some("300".into()),
+        "SESSION_TTL_SECS" => Some("2592000".into()),
+        _ => None,
+    })
+    .expect("config");
+    let fresh = |store: Arc<MemoryStore>| App::new(config.clone(), store);
+    let app = fresh(world.store.clone());
+    let bearer = world.login(&app, "fresh").await;
+    let interval = Duration::from_secs(240);
+    let limit_ms = (300 + 240) * 1000;
+
+    // Each token's fetch time, as the shared item records it.
+    let mut fetched_at = std::collections::HashMap::new();
+    let key = format!("{}#legacy", cfg.appid);
+    async fn note(
+        world: &World,
+        key: &str,
+        fetched_at: &mut std::collections::HashMap<String, u64>,
+    ) {
+        if let Some(t) = world.store.get_token(key).await.unwrap() {
+            fetched_at
+                .entry(t.token.expose().to_string())
+                .or_insert(t.fetched_at_ms);
+        }
+    }
+    let (mut served, mut oldest_ms) = (0, 0);
+    let day = 86_400 / 120;
+    for step in 0..day {
+        if step % 2 == 0 {
+            let refresher = fresh(world.store.clone());
+            wxmp::refresher::run_with_interval(&refresher, interval)
+                .await
+                .expect("refresh");
+            note(&world, &key, &mut fetched_at).await;
+        }
+        let r = qrcode(&app, &bearer, &format!("s{step}")).await;
+        assert!(ok(&r), "step {step}: {}", r.status);
+        note(&world, &key, &mut fetched_at).await;
+        let used = app.tokens.token().await.unwrap();
+        let age = clock::epoch_millis() - fetched_at[used.expose()];
+        oldest_ms = oldest_ms.max(age);
+        assert!(
+            age <= limit_ms,
+            "step {step}: a token {age} ms old was served"
+        );
+        served += 1;
+        tokio::time::advance(Duration::from_secs(120)).await;
+    }
+    let fetches = world.calls("/cgi-bin/token");
+    println!(
+        "TOKEN_MAX_AGE_SECS=300: {fetches} fetches in a day, {served} codes, oldest token served {} s",
+        oldest_ms / 1000
+    );
+    assert!((350..=370).contains(&fetches), "{fetches} fetches");
+    assert_eq!(served, day);
+
+    // An hour without the refresher: requests fetch for themselves rather than use an older token.
+    for step in 0..30 {
+        let r = qrcode(&app, &bearer, &format!("late{step}")).await;
+        assert!(ok(&r), "late step {step}: {}", r.status);
+        note(&world, &key, &mut fetched_at).await;
+        let used = app.tokens.token().await.unwrap();
+        let age = clock::epoch_millis() - fetched_at[used.expose()];
+        assert!(
+            age <= limit_ms,
+            "late step {step}: a token {age} ms old was served"
+        );
+        tokio::time::advance(Duration::from_secs(120)).await;
+    }
+    let by_requests = world.calls("/cgi-bin/token") - fetches;
+    assert!(
+        (5..=8).contains(&by_requests),
+        "{by_requests} fetches by requests in an hour"
+    );
 }
