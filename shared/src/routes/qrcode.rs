@@ -172,6 +172,17 @@ pub async fn qrcode(
     _user: Session,
     JsonBody(req): JsonBody<CodeRequest>,
 ) -> Result<Response, ApiError> {
+    let (image, x_cache) = make_code(&app, &req).await?;
+    Ok(image_response(image, x_cache))
+}
+
+/// A code for `req`: from the S3 cache when it is configured and `req` allows it (`"hit"`), else
+/// from WeChat through the token keeper (`"miss"`, stored in the cache after at most a short
+/// wait; `None` without a cache). Shared by the route and the operators' tool (`ops`).
+pub async fn make_code(
+    app: &App,
+    req: &CodeRequest,
+) -> Result<(Image, Option<&'static str>), ApiError> {
     let params = req.wechat_body();
     // The cache and its key only when it is in use for this request.
     let cache = app.codes.as_ref().filter(|_| req.cache()).map(|c| {
@@ -183,7 +194,7 @@ pub async fn qrcode(
     if let Some((c, key)) = &cache
         && let Some(hit) = c.get(key).await
     {
-        return Ok(image_response(hit, Some("hit")));
+        return Ok((hit, Some("hit")));
     }
     let image = app
         .tokens
@@ -198,7 +209,7 @@ pub async fn qrcode(
         c.put_in_background(key.clone(), image.clone(), UPLOAD_WAIT)
             .await;
     }
-    Ok(image_response(image, cache.map(|_| "miss")))
+    Ok((image, cache.map(|_| "miss")))
 }
 
 fn image_response(image: Image, x_cache: Option<&'static str>) -> Response {

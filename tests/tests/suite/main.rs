@@ -9,6 +9,7 @@ mod lambda_login;
 mod local_server;
 mod login;
 mod me;
+mod ops;
 mod qrcode;
 mod routes;
 mod secrets;
