@@ -163,3 +163,81 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+#[tokio::test]
+async fn ctrl_c_halfway_keeps_what_was_made_and_a_second_run_finishes() {
+    let env = TestEnv::new().await;
+    let dir = tempdir();
+    let csv = dir.join("codes.csv");
+    let text: String = (0..120).map(|i| format!("n={i},,280,\n")).collect();
+    std::fs::write(&csv, text).unwrap();
+    let out = dir.join("out");
+    env.sandbox().set_faults(Faults {
+        latency_ms: 40,
+        ..Default::default()
+    });
+    let vars = env.function_env().await;
+    let child = tokio::process::Command::new(binary_path("ops"))
+        .args([
+            "codes",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env_clear()
+        .envs(vars)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ops starts");
+    for _ in 0..1000 {
+        if std::fs::read_dir(&out).map(|d| d.count()).unwrap_or(0) >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = child.id().expect("running").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = child.wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(130), "{stdout}");
+    assert!(stdout.contains("stopped by Ctrl-C"), "{stdout}");
+    // Every file there is a whole image; none is left half-written.
+    let made: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(made.len() < 120, "stopped before the end");
+    for p in &made {
+        assert!(p.extension().is_some_and(|e| e == "png"), "{}", p.display());
+        assert!(std::fs::read(p).unwrap().starts_with(b"\x89PNG"));
+    }
+    let (ok, stdout, _) = run(
+        &env,
+        &[
+            "codes",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert!(ok, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "made {} (0 from the S3 cache), already present {}",
+            120 - made.len(),
+            made.len()
+        )),
+        "{stdout}"
+    );
+}
