@@ -9,6 +9,26 @@ pub const DEFAULT_WECHAT_API_BASE: &str = "https://api.weixin.qq.com";
 /// One week, the contract's default session lifetime.
 pub const DEFAULT_SESSION_TTL_SECS: u64 = 604_800;
 
+/// EventBridge's schedule in template.yaml, and the local server's default refresh interval.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(240);
+
+/// `REFRESH_INTERVAL_SECS`: whole seconds, at least 1 (default 240).
+pub fn refresh_interval(value: Option<String>) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(DEFAULT_REFRESH_INTERVAL),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .map(Duration::from_secs)
+            .ok_or_else(|| ConfigError {
+                var: "REFRESH_INTERVAL_SECS",
+                reason: format!("must be a whole number of seconds, got {v:?}"),
+            }),
+    }
+}
+
 /// Which WeChat endpoint issues access tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenMode {
@@ -148,18 +168,7 @@ impl Config {
                     ),
                 })?,
         };
-        let refresh_interval = match get("REFRESH_INTERVAL_SECS") {
-            None => crate::refresher::DEFAULT_INTERVAL,
-            Some(v) => v
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n >= 1)
-                .map(Duration::from_secs)
-                .ok_or_else(|| ConfigError {
-                    var: "REFRESH_INTERVAL_SECS",
-                    reason: format!("must be a whole number of seconds, got {v:?}"),
-                })?,
-        };
+        let refresh_interval = refresh_interval(get("REFRESH_INTERVAL_SECS"))?;
         let token_max_age = match get("TOKEN_MAX_AGE_SECS") {
             None => None,
             Some(_) if token_mode != TokenMode::Legacy => {

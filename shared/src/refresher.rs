@@ -7,23 +7,11 @@ use crate::app::App;
 use crate::token::TokenError;
 
 /// EventBridge's schedule in template.yaml, and the local server's default interval.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(240);
+pub const DEFAULT_INTERVAL: Duration = crate::config::DEFAULT_REFRESH_INTERVAL;
 
 /// The refresh interval from `REFRESH_INTERVAL_SECS` (default 240).
 pub fn interval_from_env() -> Result<Duration, crate::config::ConfigError> {
-    match std::env::var("REFRESH_INTERVAL_SECS") {
-        Err(_) => Ok(DEFAULT_INTERVAL),
-        Ok(v) => v
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n >= 1)
-            .map(Duration::from_secs)
-            .ok_or(crate::config::ConfigError {
-                var: "REFRESH_INTERVAL_SECS",
-                reason: format!("must be a whole number of seconds, got {v:?}"),
-            }),
-    }
+    crate::config::refresh_interval(std::env::var("REFRESH_INTERVAL_SECS").ok())
 }
 
 pub async fn run_with_interval(

@@ -93,7 +93,7 @@ impl Default for KeeperOptions {
             force_min_interval: Duration::from_secs(30),
             force_daily_cap: 10,
             max_age: None,
-            refresh_interval: crate::refresher::DEFAULT_INTERVAL,
+            refresh_interval: crate::config::DEFAULT_REFRESH_INTERVAL,
         }
     }
 }
