@@ -94,72 +94,90 @@ struct Job {
     request: CodeRequest,
 }
 
-/// The CSV's jobs, and its bad lines (line number and reason), each checked by the route's
-/// own rules.
+/// The CSV's jobs, and its bad lines (line number in the file and reason), each checked by the
+/// route's own rules. A scene given twice is a bad line (both would name one file).
 fn read_csv(path: &PathBuf) -> Result<(Vec<Job>, Vec<(usize, String)>), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // A spreadsheet's "CSV UTF-8" starts with a byte-order mark.
+    let text = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&bytes);
+    // The line a record starts on, from its byte offset (the csv crate's own line count is off
+    // after blank lines and with CRLF endings).
+    let line_at = |offset: u64| {
+        let mut at = offset as usize;
+        while at < text.len() && matches!(text[at], b'\r' | b'\n') {
+            at += 1;
+        }
+        1 + text[..at.min(text.len())]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+    };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .trim(csv::Trim::All)
-        .from_path(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .from_reader(text);
     let (mut jobs, mut bad) = (Vec::new(), Vec::new());
-    for (i, record) in reader.records().enumerate() {
-        let line = i + 1;
-        let record = match record {
-            Ok(r) => r,
+    let mut scenes: std::collections::HashMap<String, usize> = Default::default();
+    let mut first = true;
+    let mut record = csv::StringRecord::new();
+    loop {
+        let line = line_at(reader.position().byte());
+        match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
             Err(e) => {
+                let line = e.position().map_or(line, |p| line_at(p.byte()));
                 bad.push((line, e.to_string()));
                 continue;
             }
-        };
-        if line == 1 && record.get(0) == Some("scene") {
-            continue; // the header
         }
-        if record.len() > 4 {
-            bad.push((
-                line,
-                format!(
-                    "{} fields; expected scene,page,width,env_version",
-                    record.len()
-                ),
-            ));
+        let header = first && record.get(0) == Some("scene");
+        first = false;
+        if header {
             continue;
         }
-        let mut fields = Map::new();
-        for (name, value) in ["scene", "page", "width", "env_version"]
-            .iter()
-            .zip(record.iter())
-        {
-            if value.is_empty() {
-                continue;
+        match fields_of(&record).and_then(|fields| job(line, fields)) {
+            Ok(j) => {
+                // Files are named by scene; a case-insensitive file system folds case.
+                match scenes.insert(j.scene.to_lowercase(), line) {
+                    Some(earlier) => bad.push((line, format!("the same scene as line {earlier}"))),
+                    None => jobs.push(j),
+                }
             }
-            let v = match *name {
-                "width" => match value.parse::<u64>() {
-                    Ok(w) => Value::from(w),
-                    Err(_) => {
-                        bad.push((line, format!("width must be a whole number, got {value:?}")));
-                        fields.clear();
-                        break;
-                    }
-                },
-                _ => Value::from(value),
-            };
-            fields.insert(name.to_string(), v);
-        }
-        if fields.is_empty() && !bad.last().is_some_and(|(l, _)| *l == line) {
-            bad.push((line, "scene is required".into()));
-            continue;
-        }
-        if fields.is_empty() {
-            continue;
-        }
-        match job(line, fields) {
-            Ok(j) => jobs.push(j),
             Err(e) => bad.push((line, e)),
         }
     }
     Ok((jobs, bad))
+}
+
+/// A record's fields as the route's JSON (empty fields left out: they take the defaults).
+fn fields_of(record: &csv::StringRecord) -> Result<Map<String, Value>, String> {
+    if record.len() > 4 {
+        return Err(format!(
+            "{} fields; expected scene,page,width,env_version",
+            record.len()
+        ));
+    }
+    let mut fields = Map::new();
+    for (name, value) in ["scene", "page", "width", "env_version"]
+        .iter()
+        .zip(record.iter())
+    {
+        if value.is_empty() {
+            continue;
+        }
+        let v = match *name {
+            "width" => Value::from(
+                value
+                    .parse::<u64>()
+                    .map_err(|_| format!("width must be a whole number, got {value:?}"))?,
+            ),
+            _ => Value::from(value),
+        };
+        fields.insert(name.to_string(), v);
+    }
+    Ok(fields)
 }
 
 fn job(line: usize, fields: Map<String, Value>) -> Result<Job, String> {
@@ -222,7 +240,12 @@ impl Target {
         }
     }
 
-    async fn write(&self, stem: &str, image: &wxmp::wechat::Image) -> Result<(), String> {
+    async fn write(
+        &self,
+        stem: &str,
+        image: &wxmp::wechat::Image,
+        line: usize,
+    ) -> Result<(), String> {
         let ext = if image.content_type == "image/jpeg" {
             "jpg"
         } else {
@@ -230,7 +253,7 @@ impl Target {
         };
         match self {
             Target::Dir(dir) => {
-                let part = dir.join(format!(".{stem}.{ext}.part"));
+                let part = dir.join(format!(".{stem}.{ext}.{}-{line}.part", std::process::id()));
                 let done = dir.join(format!("{stem}.{ext}"));
                 tokio::fs::write(&part, &image.bytes)
                     .await
@@ -251,6 +274,15 @@ impl Target {
                 .map_err(|e| e.to_string()),
         }
     }
+}
+
+/// A job whose task died counts as failed (its line is unknown then).
+fn panicked(e: tokio::task::JoinError) -> (usize, String, Outcome) {
+    (
+        0,
+        "?".into(),
+        Outcome::Failed(format!("the task failed: {e}")),
+    )
 }
 
 enum Outcome {
@@ -337,7 +369,8 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             break;
         }
         // Collect what has finished, for the bar.
-        while let Some(Ok(done)) = running.try_join_next() {
+        while let Some(done) = running.try_join_next() {
+            let done = done.unwrap_or_else(panicked);
             failed += matches!(done.2, Outcome::Failed(_)) as usize;
             bar.set_message(format!("{failed} failed"));
             outcomes.push(done);
@@ -350,7 +383,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
                 Outcome::Present
             } else {
                 match make_code(&app, &job.request).await {
-                    Ok((image, x_cache)) => match target.write(&stem, &image).await {
+                    Ok((image, x_cache)) => match target.write(&stem, &image, job.line).await {
                         Ok(()) => Outcome::Made {
                             from_cache: x_cache == Some("hit"),
                         },
@@ -364,9 +397,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         });
     }
     while let Some(done) = running.join_next().await {
-        if let Ok(done) = done {
-            outcomes.push(done);
-        }
+        outcomes.push(done.unwrap_or_else(panicked));
     }
     bar.finish_and_clear();
 
@@ -432,6 +463,22 @@ mod tests {
         assert_eq!(file_stem("a/b?c"), "a%2Fb%3Fc");
         assert_ne!(file_stem("a/b"), file_stem("a_b"));
         assert_eq!(file_stem(".hidden"), "%2Ehidden");
+    }
+
+    #[test]
+    fn csv_lines_are_the_files_lines() {
+        let path = std::env::temp_dir().join(format!("ops-csv-{}.csv", std::process::id()));
+        std::fs::write(
+            &path,
+            "\u{feff}scene,page,width,env_version\r\n\r\nid=1,,280,\r\n\"bad one\",,,\r\nid=2,,wide,\r\nID=1,,,\r\nid=3\r\n",
+        )
+        .unwrap();
+        let (jobs, bad) = read_csv(&path).unwrap();
+        let lines: Vec<_> = jobs.iter().map(|j| (j.line, j.scene.as_str())).collect();
+        assert_eq!(lines, [(3, "id=1"), (7, "id=3")]);
+        let bad_lines: Vec<_> = bad.iter().map(|(l, _)| *l).collect();
+        assert_eq!(bad_lines, [4, 5, 6], "{bad:?}");
+        assert!(bad[2].1.contains("same scene as line 3"), "{bad:?}");
     }
 
     #[test]
