@@ -282,3 +282,22 @@ test('the profile round trip: me() and updateProfile()', async () => {
   assert.equal(e.status, 400);
   assert.match(e.message, /avatar_url/);
 });
+
+test('WeChat busy: the error says try again (503, retryable)', async () => {
+  const faults = (body) =>
+    fetch(`${base}/sandbox/_sandbox/faults`, { method: 'PUT', body: JSON.stringify(body) });
+  const { wx } = shim();
+  const client = createClient({ baseUrl: base, wx });
+  await faults({ busy_rate: 1.0 });
+  try {
+    const e = await client.login().catch((e) => e);
+    assert.ok(e instanceof WxmpError);
+    assert.equal(e.status, 503);
+    assert.equal(e.retryable, true);
+    assert.match(e.request_id, /\S+/);
+  } finally {
+    await faults({});
+  }
+  const s = await client.login();
+  assert.equal(typeof s.token, 'string');
+});
