@@ -102,7 +102,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     // The refresher runs as EventBridge would run it, once the sandbox (if any) can answer.
-    let interval = wxmp::refresher::interval_from_env()?;
+    let interval = app.config.refresh_interval;
     tokio::spawn(refresh_forever(app.clone(), interval));
     tracing::info!(%addr, store = store_kind, wechat, appid = %config.wechat.appid, "local-server listening");
     // A closed stdout (piped into `head`, say) must not stop the server.

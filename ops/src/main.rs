@@ -228,10 +228,8 @@ impl Target {
             }),
             Target::Bucket { s3, bucket } => {
                 for ext in ["png", "jpg"] {
-                    if let Ok(Some(_)) = s3
-                        .get_object(bucket, &format!("operators/{stem}.{ext}"))
-                        .await
-                    {
+                    let key = format!("operators/{stem}.{ext}");
+                    if let Ok(true) = s3.object_exists(bucket, &key).await {
                         return true;
                     }
                 }

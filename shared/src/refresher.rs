@@ -9,11 +9,6 @@ use crate::token::TokenError;
 /// EventBridge's schedule in template.yaml, and the local server's default interval.
 pub const DEFAULT_INTERVAL: Duration = crate::config::DEFAULT_REFRESH_INTERVAL;
 
-/// The refresh interval from `REFRESH_INTERVAL_SECS` (default 240).
-pub fn interval_from_env() -> Result<Duration, crate::config::ConfigError> {
-    crate::config::refresh_interval(std::env::var("REFRESH_INTERVAL_SECS").ok())
-}
-
 pub async fn run_with_interval(
     app: &App,
     interval: Duration,

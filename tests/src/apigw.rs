@@ -155,6 +155,18 @@ pub fn v2_event(
 /// `https://host/{stage}/path` arrives from API Gateway: sets
 /// `requestContext.stage` and prefixes `rawPath` and
 /// `requestContext.http.path` with `/{stage}`. `$default` leaves paths alone.
+/// `POST /login` with `{"code": code}` as a JSON request.
+pub fn login_event(code: &str) -> Value {
+    let body = serde_json::json!({ "code": code }).to_string();
+    v2_event(
+        "POST",
+        "/login",
+        &[("content-type", "application/json")],
+        Some(body.as_bytes()),
+        false,
+    )
+}
+
 pub fn with_stage(mut event: Value, stage: &str) -> Value {
     event["requestContext"]["stage"] = Value::String(stage.to_string());
     if stage != "$default" {

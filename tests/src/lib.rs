@@ -14,7 +14,7 @@ pub mod env;
 pub mod moto;
 pub mod runtime_api;
 
-pub use apigw::{V2Response, v2_event, with_stage};
+pub use apigw::{V2Response, login_event, v2_event, with_stage};
 pub use env::{Options, Reply, TestEnv, call_app};
 pub use runtime_api::{FunctionProcess, InvocationError, RuntimeApi, binary_path};
 

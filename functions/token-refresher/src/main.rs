@@ -10,8 +10,8 @@ use wxmp::App;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     wxmp::logging::init();
-    let interval = wxmp::refresher::interval_from_env()?;
     let app = App::from_env().await?;
+    let interval = app.config.refresh_interval;
     let app = &app;
     lambda_runtime::run(service_fn(move |_: LambdaEvent<Value>| async move {
         Ok::<_, Error>(wxmp::refresher::run_with_interval(app, interval).await?)

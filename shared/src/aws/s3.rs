@@ -89,6 +89,18 @@ impl S3 {
             .map(|_| ())
     }
 
+    /// True if the object exists (a HEAD: its bytes are not read).
+    pub async fn object_exists(&self, bucket: &str, key: &str) -> Result<bool, AwsError> {
+        match self
+            .send(Method::HEAD, self.url(bucket, key), &[], Bytes::new())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.status == Some(404) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// True if the bucket exists and is ours to use.
     pub async fn bucket_exists(&self, bucket: &str) -> Result<bool, AwsError> {
         match self

@@ -17,6 +17,7 @@ use aws_smithy_runtime_api::client::identity::Identity;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use bytes::Bytes;
 use http::Method;
+use serde_json::Value;
 
 use crate::clock;
 
@@ -343,6 +344,105 @@ impl Signed {
     }
 }
 
+/// A service of AWS's JSON protocol (DynamoDB, Secrets Manager): every operation one signed POST
+/// to the endpoint, named by `x-amz-target`, the request and the answer JSON documents.
+#[derive(Clone)]
+pub(super) struct JsonService {
+    signed: Signed,
+    /// Parsed once; an unusable endpoint is reported by every call.
+    url: Result<reqwest::Url, String>,
+    /// `application/x-amz-json-1.0` or `-1.1`.
+    content_type: &'static str,
+    /// The target's prefix: `DynamoDB_20120810`, `secretsmanager`.
+    target: &'static str,
+}
+
+impl JsonService {
+    /// `host` is the regional endpoint's first label, used without a custom endpoint.
+    pub fn new(
+        signed: Signed,
+        host: &str,
+        content_type: &'static str,
+        target: &'static str,
+    ) -> Self {
+        let url = match signed.endpoint() {
+            Some(e) => format!("{e}/"),
+            None => format!("{}/", signed.regional_url(host)),
+        };
+        let url = reqwest::Url::parse(&url).map_err(|e| format!("endpoint {url}: {e}"));
+        JsonService {
+            signed,
+            url,
+            content_type,
+            target,
+        }
+    }
+
+    /// Calls `operation` with its request document; the answer's document. The answer is not
+    /// quoted in an error (it may hold a secret).
+    pub async fn call(&self, operation: &str, request: &Value) -> Result<Value, AwsError> {
+        let service = self.signed.service();
+        let url = self
+            .url
+            .as_ref()
+            .map_err(|e| AwsError::local(service, "request", e))?;
+        let target = format!("{}.{operation}", self.target);
+        let body = serde_json::to_vec(request).expect("a JSON value serialises");
+        let reply = self
+            .signed
+            .send(
+                Request {
+                    method: Method::POST,
+                    url,
+                    headers: &[
+                        ("content-type", self.content_type),
+                        ("x-amz-target", &target),
+                    ],
+                    body: body.into(),
+                },
+                json_error,
+            )
+            .await?;
+        serde_json::from_slice(&reply.body).map_err(|_| AwsError {
+            status: Some(reply.status),
+            ..AwsError::local(
+                service,
+                "response",
+                format!("{operation}: the answer is not JSON"),
+            )
+        })
+    }
+}
+
+/// A JSON protocol error: `{"__type": "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException",
+/// "message": ..}` gives `ConditionalCheckFailedException`; DynamoDB's old item of a refused
+/// condition is kept (never printed). An XML error (from something in front of the service) is
+/// read as S3's are.
+fn json_error(status: u16, body: &[u8]) -> Parsed {
+    let mut doc: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let text = String::from_utf8_lossy(body);
+    let code = doc["__type"]
+        .as_str()
+        .map(|t| t.rsplit('#').next().unwrap_or(t).to_string())
+        .or_else(|| xml_element(&text, "Code"))
+        .unwrap_or_else(|| format!("HTTP{status}"));
+    let message = doc["message"]
+        .as_str()
+        .or(doc["Message"].as_str())
+        .map(str::to_string)
+        .or_else(|| xml_element(&text, "Message"))
+        .unwrap_or_default();
+    let old_item = match doc.get_mut("Item").map(Value::take) {
+        Some(Value::Object(item)) => Some(item),
+        _ => None,
+    };
+    Parsed {
+        code,
+        message,
+        old_item,
+    }
+}
+
 /// The text of the first `<name>` element of an XML error document (S3's; also what an
 /// authentication failure before the service looks like).
 pub(super) fn xml_element(text: &str, name: &str) -> Option<String> {
@@ -522,6 +622,31 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.status, Some(500));
         assert_eq!(seen.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn json_error_codes_are_read_without_their_namespace() {
+        let p = json_error(
+            400,
+            br#"{"__type":"com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException","message":"The conditional request failed","Item":{"holder":{"S":"a"}}}"#,
+        );
+        assert_eq!(p.code, "ConditionalCheckFailedException");
+        assert_eq!(p.message, "The conditional request failed");
+        assert_eq!(p.old_item.unwrap()["holder"]["S"], "a");
+        let p = json_error(
+            400,
+            br#"{"__type":"com.amazon.coral.validate#ValidationException","Message":"bad"}"#,
+        );
+        assert_eq!(
+            (p.code.as_str(), p.message.as_str()),
+            ("ValidationException", "bad")
+        );
+        assert_eq!(json_error(503, b"<html>").code, "HTTP503");
+        let p = json_error(
+            403,
+            b"<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code></Error></ErrorResponse>",
+        );
+        assert_eq!(p.code, "SignatureDoesNotMatch");
     }
 
     #[test]

@@ -70,13 +70,7 @@ impl UserStore for MemoryStore {
         now: u64,
     ) -> Result<bool, StoreError> {
         let mut g = self.lock();
-        let u = g
-            .users
-            .entry(openid.to_string())
-            .or_insert_with(|| UserRecord {
-                openid: openid.to_string(),
-                ..Default::default()
-            });
+        let u = user_entry(&mut g, openid);
         let new = u.first_seen.is_none();
         u.first_seen.get_or_insert(now);
         u.last_login = Some(now);
@@ -92,13 +86,7 @@ impl UserStore for MemoryStore {
 
     async fn bind_phone(&self, openid: &str, phone: &str, now: u64) -> Result<(), StoreError> {
         let mut g = self.lock();
-        let u = g
-            .users
-            .entry(openid.to_string())
-            .or_insert_with(|| UserRecord {
-                openid: openid.to_string(),
-                ..Default::default()
-            });
+        let u = user_entry(&mut g, openid);
         u.phone = Some(phone.to_string());
         u.phone_bound_at = Some(now);
         Ok(())
@@ -111,13 +99,7 @@ impl UserStore for MemoryStore {
         avatar_url: Option<&str>,
     ) -> Result<UserRecord, StoreError> {
         let mut g = self.lock();
-        let u = g
-            .users
-            .entry(openid.to_string())
-            .or_insert_with(|| UserRecord {
-                openid: openid.to_string(),
-                ..Default::default()
-            });
+        let u = user_entry(&mut g, openid);
         if let Some(n) = nickname {
             u.nickname = Some(n.to_string());
         }
@@ -126,6 +108,16 @@ impl UserStore for MemoryStore {
         }
         Ok(u.clone())
     }
+}
+
+/// The user's record, made empty if there is none yet.
+fn user_entry<'a>(g: &'a mut Inner, openid: &str) -> &'a mut UserRecord {
+    g.users
+        .entry(openid.to_string())
+        .or_insert_with(|| UserRecord {
+            openid: openid.to_string(),
+            ..Default::default()
+        })
 }
 
 #[async_trait]

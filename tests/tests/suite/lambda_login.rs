@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use e2e::runtime_api::DEFAULT_INVOKE_TIMEOUT;
 use e2e::{FunctionProcess, InvocationError, RuntimeApi, TestEnv, V2Response, binary_path};
-use e2e::{v2_event, with_stage};
+use e2e::{login_event, v2_event, with_stage};
 use serde_json::{Value, json};
 
 /// The login function running against a fresh [`TestEnv`].
@@ -86,17 +86,6 @@ impl Function {
             self.process.output()
         );
     }
-}
-
-fn login_event(code: &str) -> Value {
-    let body = json!({ "code": code }).to_string();
-    v2_event(
-        "POST",
-        "/login",
-        &[("content-type", "application/json")],
-        Some(body.as_bytes()),
-        false,
-    )
 }
 
 fn bearer_event(method: &str, path: &str, token: &str) -> Value {

@@ -6,9 +6,21 @@ use std::time::Duration;
 
 use e2e::runtime_api::DEFAULT_INVOKE_TIMEOUT;
 use e2e::{FunctionProcess, RuntimeApi, TestEnv, V2Response, binary_path};
-use e2e::{call_app, moto, v2_event};
+use e2e::{Reply, call_app, login_event, moto};
 use serde_json::{Value, json};
 use wxmp::Config;
+
+/// `POST /login` in-process with a fresh code.
+async fn login(app: &wxmp::App, code: &str) -> Reply {
+    call_app(
+        app,
+        "POST",
+        "/login",
+        None,
+        json!({ "code": code }).to_string().as_bytes(),
+    )
+    .await
+}
 
 /// Creates a secret holding `value` in moto; its ARN.
 async fn create_secret(env: &TestEnv, value: &str) -> String {
@@ -32,17 +44,6 @@ async fn vars_with_arn(env: &TestEnv, arn: &str) -> Vec<(String, String)> {
     vars.retain(|(k, _)| k != "WECHAT_SECRET" && k != "WECHAT_APPID");
     vars.push(("WECHAT_SECRET_ARN".into(), arn.into()));
     vars
-}
-
-fn login_event(code: &str) -> Value {
-    let body = json!({ "code": code }).to_string();
-    v2_event(
-        "POST",
-        "/login",
-        &[("content-type", "application/json")],
-        Some(body.as_bytes()),
-        false,
-    )
 }
 
 #[tokio::test]
@@ -155,14 +156,7 @@ async fn a_rotated_secret_is_read_again_once_and_used() {
         .await
         .expect("starts with the secret");
     let code = env.sandbox().mint_login_code("bob");
-    let r = call_app(
-        &app,
-        "POST",
-        "/login",
-        None,
-        json!({"code": code}).to_string().as_bytes(),
-    )
-    .await;
+    let r = login(&app, &code).await;
     assert_eq!(r.status, 200);
 
     // The AppSecret is reset in the console and stored in Secrets Manager; WeChat now refuses
@@ -186,16 +180,7 @@ async fn a_rotated_secret_is_read_again_once_and_used() {
     for i in 0..5 {
         let code = env.sandbox().mint_login_code(&format!("bob{i}"));
         let app = app.clone();
-        logins.spawn(async move {
-            call_app(
-                &app,
-                "POST",
-                "/login",
-                None,
-                json!({"code": code}).to_string().as_bytes(),
-            )
-            .await
-        });
+        logins.spawn(async move { login(&app, &code).await });
     }
     let answers = logins.join_all().await;
     for r in &answers {
@@ -221,14 +206,7 @@ async fn a_rotated_secret_is_read_again_once_and_used() {
     // A refused secret within the minute is not read again: WeChat's answer stands.
     env.sandbox().rotate_secret("yet-another".into());
     let code = env.sandbox().mint_login_code("carol");
-    let r = call_app(
-        &app,
-        "POST",
-        "/login",
-        None,
-        json!({"code": code}).to_string().as_bytes(),
-    )
-    .await;
+    let r = login(&app, &code).await;
     assert_ne!(r.status, 200);
     assert_eq!(r.json()["error"]["wechat_errcode"], 40125);
     let body = String::from_utf8_lossy(&r.body);
