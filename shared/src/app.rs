@@ -5,6 +5,8 @@ use std::sync::Arc;
 use crate::appsecret::SecretSource;
 use crate::codecache::CodeCache;
 use crate::config::{Config, ConfigError};
+use crate::events::{EventBridgeSink, EventSink};
+use crate::push::PushKeys;
 use crate::store::{DynamoStore, Store};
 use crate::token::TokenKeeper;
 use crate::wechat::WeChatClient;
@@ -18,6 +20,10 @@ pub struct App {
     pub tokens: Arc<TokenKeeper>,
     /// The S3 code cache, when `CODE_BUCKET` is set.
     pub codes: Option<CodeCache>,
+    /// The message push's keys, when a push token is configured (else `/push` is not served).
+    pub push: Option<PushKeys>,
+    /// Where pushes and subscribe-message results go (EventBridge; the local server's own bus).
+    pub events: Option<Arc<dyn EventSink>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,13 +44,23 @@ impl App {
                 },
             ),
         );
+        let push = config.push_token.as_deref().map(|t| {
+            PushKeys::new(t, config.push_aes_key.as_deref()).expect("checked by the configuration")
+        });
         App {
             config,
             wechat,
             store,
             tokens,
             codes: None,
+            push,
+            events: None,
         }
+    }
+
+    pub fn with_events(mut self, events: Option<Arc<dyn EventSink>>) -> Self {
+        self.events = events;
+        self
     }
 
     pub fn with_code_cache(mut self, codes: Option<CodeCache>) -> Self {
@@ -82,6 +98,10 @@ impl App {
                     |e| tracing::error!(variable = e.var, error = %e, "configuration error"),
                 )?;
                 config.wechat = secret.credentials;
+                if let Some(token) = secret.push_token {
+                    config.push_token = Some(token);
+                    config.push_aes_key = secret.push_aes_key;
+                }
                 Some(source)
             }
             None => None,
@@ -91,7 +111,12 @@ impl App {
             .code_bucket
             .as_ref()
             .map(|b| CodeCache::new(crate::aws::s3(sdk), b));
-        let mut app = App::new(config, Arc::new(store)).with_code_cache(codes);
+        let events = config.event_bus.as_ref().map(|bus| {
+            Arc::new(EventBridgeSink::new(crate::aws::eventbridge(sdk), bus)) as Arc<dyn EventSink>
+        });
+        let mut app = App::new(config, Arc::new(store))
+            .with_code_cache(codes)
+            .with_events(events);
         if let Some(source) = source {
             app = app.with_secret_source(source);
         }

@@ -75,7 +75,10 @@ pub fn parse(text: &str) -> Result<AppSecret, ConfigError> {
     let secret = field("secret", true)?.expect("required");
     let push_token = field("push_token", false)?;
     let push_aes_key = field("push_aes_key", false)?;
-    if push_aes_key.as_ref().is_some_and(|k| k.len() != 43) {
+    if push_aes_key
+        .as_ref()
+        .is_some_and(|k| crate::push::crypto::AesKey::parse(k).is_err())
+    {
         return Err(invalid(
             "the secret's \"push_aes_key\" field must be the 43-character EncodingAESKey",
         ));

@@ -87,6 +87,12 @@ pub struct Config {
     pub token_max_age: Option<Duration>,
     /// `REFRESH_INTERVAL_SECS`: the refresher's period (EventBridge's schedule in AWS).
     pub refresh_interval: Duration,
+    /// `WECHAT_PUSH_TOKEN` (or the secret's `push_token`): the message push's Token.
+    pub push_token: Option<String>,
+    /// `WECHAT_PUSH_AES_KEY` (or the secret's `push_aes_key`): the 43-character EncodingAESKey.
+    pub push_aes_key: Option<String>,
+    /// `EVENT_BUS_NAME`: the EventBridge bus for pushes and subscribe messages.
+    pub event_bus: Option<String>,
 }
 
 impl Config {
@@ -192,6 +198,28 @@ impl Config {
                     })?,
             ),
         };
+        let push_token = get("WECHAT_PUSH_TOKEN");
+        let push_aes_key = get("WECHAT_PUSH_AES_KEY");
+        if let Some(k) = &push_aes_key {
+            crate::push::crypto::AesKey::parse(k).map_err(|_| ConfigError {
+                var: "WECHAT_PUSH_AES_KEY",
+                reason: "must be the console's 43-character EncodingAESKey".into(),
+            })?;
+            if push_token.is_none() {
+                return Err(ConfigError {
+                    var: "WECHAT_PUSH_TOKEN",
+                    reason: "is required with WECHAT_PUSH_AES_KEY".into(),
+                });
+            }
+        }
+        if let Some(t) = &push_token
+            && !(3..=32).contains(&t.len())
+        {
+            return Err(ConfigError {
+                var: "WECHAT_PUSH_TOKEN",
+                reason: "must be the console's Token (3 to 32 characters)".into(),
+            });
+        }
         // Outside Lambda an explicit WECHAT_SECRET wins (local runs).
         let secret_arn = secret_arn.filter(|_| secret.is_empty());
         Ok(Config {
@@ -204,6 +232,17 @@ impl Config {
             session_ttl: Duration::from_secs(session_ttl_secs),
             token_max_age,
             refresh_interval,
+            push_token,
+            push_aes_key,
+            event_bus: get("EVENT_BUS_NAME"),
+        })
+    }
+
+    /// The bus name, or an error naming `EVENT_BUS_NAME` (the push and notify functions need it).
+    pub fn require_event_bus(&self) -> Result<&str, ConfigError> {
+        self.event_bus.as_deref().ok_or(ConfigError {
+            var: "EVENT_BUS_NAME",
+            reason: "is required but not set".into(),
         })
     }
 
@@ -252,6 +291,8 @@ mod tests {
             ("SESSION_TTL_SECS", "soon"),
             ("SESSION_TTL_SECS", "5"),
             ("WECHAT_API_BASE", "ftp://x"),
+            ("WECHAT_PUSH_AES_KEY", "too-short"),
+            ("WECHAT_PUSH_TOKEN", "x"),
         ] {
             let mut pairs = base.to_vec();
             pairs.push((var, bad));

@@ -33,6 +33,13 @@ pub enum ApiError {
     NoToken(#[source] crate::token::GiveUp),
     #[error("the session store is unavailable; retry later")]
     Store(#[from] StoreError),
+    /// A message push whose signature, key or app id does not check out (the reason is ours,
+    /// never the message's content).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The event bus did not take a push (after bounded retries): WeChat will send it again.
+    #[error("the event bus is unavailable; retry later")]
+    EventBus(String),
     #[error("no route {0}")]
     NotFound(String),
     /// A known path with a method it does not take; `allow` lists the ones it does.
@@ -104,15 +111,16 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(_) | ApiError::RejectedInput { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthenticated | ApiError::InvalidCode(_) => StatusCode::UNAUTHORIZED,
-            ApiError::RiskyUser(_) => StatusCode::FORBIDDEN,
+            ApiError::RiskyUser(_) | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::WeChat(_) => StatusCode::BAD_GATEWAY,
-            ApiError::WeChatUnavailable(_) | ApiError::NoToken(_) | ApiError::Store(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::WeChatUnavailable(_)
+            | ApiError::NoToken(_)
+            | ApiError::Store(_)
+            | ApiError::EventBus(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -126,7 +134,9 @@ impl ApiError {
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::WeChat(_) => "wechat_error",
             ApiError::WeChatUnavailable(_) | ApiError::NoToken(_) => "wechat_unavailable",
-            ApiError::Store(_) => "store_unavailable",
+            // The bus is where pushes are kept: the contract's one code for "not stored".
+            ApiError::Store(_) | ApiError::EventBus(_) => "store_unavailable",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -159,6 +169,7 @@ impl ApiError {
             (None, ApiError::Store(e)) => format!("{self}: {}", e.0),
             (None, ApiError::NoToken(g)) => format!("{self}: {g}"),
             (None, ApiError::Internal(d)) => format!("{self}: {d}"),
+            (None, ApiError::EventBus(d)) => format!("{self}: {d}"),
             _ => self.to_string(),
         }
     }

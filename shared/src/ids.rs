@@ -29,9 +29,14 @@ pub fn random_u64() -> u64 {
 
 /// Hex SHA-256, the form under which anything secret is used as a key.
 pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(64);
-    for b in Sha256::digest(data) {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
         out.push(HEX[usize::from(b >> 4)] as char);
         out.push(HEX[usize::from(b & 0xf)] as char);
     }

@@ -10,11 +10,13 @@
 //! serves the credential providers that need one.
 
 mod dynamodb;
+mod events;
 mod s3;
 mod secrets;
 mod signed;
 
 pub use dynamodb::DynamoDb;
+pub use events::{EventBridge, JsonClient};
 pub use s3::S3;
 pub use secrets::SecretsManager;
 pub use signed::AwsError;
@@ -58,6 +60,23 @@ pub fn dynamodb(sdk: &SdkConfig) -> DynamoDb {
 /// config's, or the region's).
 pub fn secrets_manager(sdk: &SdkConfig) -> SecretsManager {
     SecretsManager::new(signed::Signed::new(sdk, "secretsmanager"))
+}
+
+/// The EventBridge client of `sdk` (endpoint: `AWS_ENDPOINT_URL_EVENTBRIDGE`, the config's, or
+/// the region's).
+pub fn eventbridge(sdk: &SdkConfig) -> EventBridge {
+    EventBridge::new(signed::Signed::new(sdk, "events"))
+}
+
+/// A client of any JSON-protocol service: `service` is the signing name (`sqs`), `target` the
+/// `x-amz-target` prefix (`AmazonSQS`). For set-up and inspection.
+pub fn json_client(
+    sdk: &SdkConfig,
+    service: &'static str,
+    content_type: &'static str,
+    target: &'static str,
+) -> JsonClient {
+    JsonClient::new(signed::Signed::new(sdk, service), service, content_type, target)
 }
 
 /// The S3 client of `sdk`: path-style addressing whenever a custom endpoint is set (local servers

@@ -162,7 +162,12 @@ impl Signed {
     /// `service` is the signing name (`dynamodb`, `s3`). The endpoint is
     /// `AWS_ENDPOINT_URL_<SERVICE>`, else the config's (`AWS_ENDPOINT_URL`), else the region's.
     pub fn new(sdk: &SdkConfig, service: &'static str) -> Self {
-        let endpoint = std::env::var(format!("AWS_ENDPOINT_URL_{}", service.to_uppercase()))
+        // The variable is named after the SDK's service id (EventBridge's signing name is events).
+        let env_name = match service {
+            "events" => "EVENTBRIDGE".to_string(),
+            s => s.to_uppercase(),
+        };
+        let endpoint = std::env::var(format!("AWS_ENDPOINT_URL_{env_name}"))
             .ok()
             .filter(|e| !e.is_empty())
             .or_else(|| sdk.endpoint_url().map(str::to_string))

@@ -17,17 +17,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
-            .await
-            .map_err(|e| {
-                if is_length_limit(&e) {
-                    ApiError::PayloadTooLarge(MAX_BODY_BYTES)
-                } else {
-                    ApiError::InvalidRequest(format!("the request body could not be read: {e}"))
-                }
-            })?;
+        let bytes = read_body(req.into_body(), MAX_BODY_BYTES).await?;
         parse(&bytes).map(JsonBody)
     }
+}
+
+/// The whole body, up to `limit` bytes (413 `payload_too_large` beyond).
+pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if is_length_limit(&e) {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::InvalidRequest(format!("the request body could not be read: {e}"))
+        }
+    })
 }
 
 /// Whether reading the body failed because it passed the cap (not because the client went away).

@@ -10,8 +10,10 @@
 pub mod login;
 pub mod me;
 pub mod phone;
+pub mod push;
 pub mod qrcode;
 pub mod session;
+pub mod subscriptions;
 pub mod types;
 
 use std::sync::Arc;
@@ -26,11 +28,13 @@ use crate::error::ApiError;
 /// Which routes a deployment unit serves: each Lambda serves its own; the local server all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Surface {
-    /// `POST /login`, `GET /session`, `DELETE /session`, `GET /me`, `PUT /me` (the login
-    /// function).
+    /// `POST /login`, `GET /session`, `DELETE /session`, `GET /me`, `PUT /me`,
+    /// `GET /subscriptions` (the login function).
     Sessions,
     /// `POST /qrcode`, `POST /phone` (the qrcode function).
     Codes,
+    /// `GET /push`, `POST /push` (the push function).
+    Push,
     /// Every route.
     All,
 }
@@ -50,8 +54,11 @@ pub const ROUTES: &[(&str, &str, Surface)] = &[
     ("DELETE", "/session", Surface::Sessions),
     ("GET", "/me", Surface::Sessions),
     ("PUT", "/me", Surface::Sessions),
+    ("GET", "/subscriptions", Surface::Sessions),
     ("POST", "/qrcode", Surface::Codes),
     ("POST", "/phone", Surface::Codes),
+    ("GET", "/push", Surface::Push),
+    ("POST", "/push", Surface::Push),
 ];
 
 /// The router of `surface`, with the request layer and the contract's fallback.
@@ -61,10 +68,14 @@ pub fn router(app: Arc<App>, surface: Surface) -> Router {
         r = mount(r, "/login", post(login::login));
         r = mount(r, "/session", get(session::get).delete(session::delete));
         r = mount(r, "/me", get(me::get).put(me::put));
+        r = mount(r, "/subscriptions", get(subscriptions::get));
     }
     if surface.includes(Surface::Codes) {
         r = mount(r, "/qrcode", post(qrcode::qrcode));
         r = mount(r, "/phone", post(phone::phone));
+    }
+    if surface.includes(Surface::Push) {
+        r = mount(r, "/push", get(push::verify).post(push::receive));
     }
     r.fallback(fallback)
         .method_not_allowed_fallback(fallback)
@@ -115,6 +126,7 @@ mod tests {
             "WECHAT_APPID" => Some("wx1".into()),
             "WECHAT_SECRET" => Some("s".into()),
             "WECHAT_API_BASE" => Some("http://127.0.0.1:9".into()),
+            "WECHAT_PUSH_TOKEN" => Some("push-token".into()),
             _ => None,
         })
         .unwrap();
@@ -137,13 +149,14 @@ mod tests {
 
     #[tokio::test]
     async fn each_surface_mounts_exactly_its_routes_and_answers_the_rest() {
-        for surface in [Surface::Sessions, Surface::Codes, Surface::All] {
+        for surface in [Surface::Sessions, Surface::Codes, Surface::Push, Surface::All] {
             let r = router(app(), surface);
             for (m, p, owner) in ROUTES {
                 let (s, _) = status(&r, m, p).await;
                 if surface.includes(*owner) {
-                    // Served: no token or no body, so 400 or 401, never the fallback's answers.
-                    assert!(s == 400 || s == 401, "{surface:?} {m} {p}: {s}");
+                    // Served: no token, no body or no signature, so 400, 401 or 403, never the
+                    // fallback's answers.
+                    assert!(s == 400 || s == 401 || s == 403, "{surface:?} {m} {p}: {s}");
                 } else {
                     assert_eq!(s, 404, "{surface:?} {m} {p}");
                 }

@@ -5,6 +5,8 @@
 //! - `token#<appid>#<mode>`: access_token, expires_at (TTL), fetched_at_ms
 //! - `lease#<name>`: holder, until_ms, expires_at (TTL)
 //! - `quota#<name>`: used, expires_at (TTL)
+//! - `claim#<key>`: holder, expires_at (TTL): a push or an event already handled
+//! - `grants#<openid>`: `o:<template id>` (one-time grants left), `l:<template id>` (standing)
 //!
 //! Requests are DynamoDB's JSON documents (`crate::aws::DynamoDb`). Every request is marked as a
 //! wait on the store (see [`crate::scope`]).
@@ -402,6 +404,155 @@ impl TokenStore for DynamoStore {
         )
         .await
         .map(|_| ())
+    }
+}
+
+/// The grant ledger: one item per user (`grants#<openid>`), an attribute per template and kind
+/// (`o:<template id>`, the one-time count; `l:<template id>`, the standing grant), so a send's
+/// "use one grant" is one conditional update and `GET /subscriptions` one read.
+fn grant_names(template_id: &str) -> Value {
+    json!({ "#o": format!("o:{template_id}"), "#l": format!("l:{template_id}") })
+}
+
+#[async_trait]
+impl MessageStore for DynamoStore {
+    async fn claim(
+        &self,
+        key: &str,
+        holder: &str,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        // A retry after an applied attempt meets its own claim: counted as made.
+        self.conditional_or_ours(
+            "PutItem",
+            json!({
+                "Item": {
+                    "pk": s(claim_pk(key)),
+                    "holder": s(holder),
+                    "expires_at": n(expires_at),
+                },
+                "ConditionExpression": "attribute_not_exists(pk) OR expires_at <= :now",
+                "ExpressionAttributeValues": { ":now": n(now) },
+            }),
+            |old| get_s(old, "holder").as_deref() == Some(holder),
+        )
+        .await
+    }
+
+    async fn release_claim(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        self.conditional(
+            "DeleteItem",
+            json!({
+                "Key": { "pk": s(claim_pk(key)) },
+                "ConditionExpression": "holder = :h",
+                "ExpressionAttributeValues": { ":h": s(holder) },
+            }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn change_grant(
+        &self,
+        openid: &str,
+        template_id: &str,
+        change: GrantChange,
+    ) -> Result<(), StoreError> {
+        let (update, values) = match change {
+            GrantChange::AddOneTime => ("ADD #o :one", Some(json!({ ":one": n(1) }))),
+            GrantChange::ClearOneTime => ("REMOVE #o", None),
+            GrantChange::LongTerm(true) => ("SET #l = :t", Some(json!({ ":t": { "BOOL": true } }))),
+            GrantChange::LongTerm(false) => ("REMOVE #o, #l", None),
+        };
+        let mut names = grant_names(template_id);
+        if !update.contains("#l") {
+            names.as_object_mut().expect("object").remove("#l");
+        }
+        if !update.contains("#o") {
+            names.as_object_mut().expect("object").remove("#o");
+        }
+        let mut request = json!({
+            "Key": { "pk": s(grants_pk(openid)) },
+            "UpdateExpression": update,
+            "ExpressionAttributeNames": names,
+        });
+        if let Some(v) = values {
+            request["ExpressionAttributeValues"] = v;
+        }
+        self.call("UpdateItem", request).await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn take_grant(
+        &self,
+        openid: &str,
+        template_id: &str,
+    ) -> Result<Option<Taken>, StoreError> {
+        let Some(item) = self.get(grants_pk(openid)).await? else {
+            return Ok(None);
+        };
+        if item
+            .get(&format!("l:{template_id}"))
+            .and_then(|v| v.get("BOOL"))
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
+            return Ok(Some(Taken::LongTerm));
+        }
+        if get_n(&item, &format!("o:{template_id}")).unwrap_or(0) == 0 {
+            return Ok(None);
+        }
+        // Never below zero, whoever else is sending. (A retry after an applied attempt uses
+        // two grants: the ledger then errs towards not sending.)
+        let mut names = grant_names(template_id);
+        names.as_object_mut().expect("object").remove("#l");
+        let taken = self
+            .conditional(
+                "UpdateItem",
+                json!({
+                    "Key": { "pk": s(grants_pk(openid)) },
+                    "UpdateExpression": "SET #o = #o - :one",
+                    "ConditionExpression": "#o >= :one",
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": { ":one": n(1) },
+                }),
+            )
+            .await?;
+        Ok(taken.then_some(Taken::OneTime))
+    }
+
+    async fn grants(&self, openid: &str) -> Result<Vec<Grant>, StoreError> {
+        let Some(item) = self.get(grants_pk(openid)).await? else {
+            return Ok(Vec::new());
+        };
+        let mut by_template: std::collections::BTreeMap<String, Grant> = Default::default();
+        for (name, value) in &item {
+            let (kind, template_id) = match name.split_once(':') {
+                Some((k @ ("o" | "l"), t)) => (k, t),
+                _ => continue,
+            };
+            let g = by_template
+                .entry(template_id.to_string())
+                .or_insert_with(|| Grant {
+                    template_id: template_id.to_string(),
+                    one_time: 0,
+                    long_term: false,
+                });
+            if kind == "o" {
+                g.one_time = value
+                    .get("N")
+                    .and_then(Value::as_str)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+            } else {
+                g.long_term = value.get("BOOL").and_then(Value::as_bool) == Some(true);
+            }
+        }
+        Ok(by_template
+            .into_values()
+            .filter(|g| g.one_time > 0 || g.long_term)
+            .collect())
     }
 }
 

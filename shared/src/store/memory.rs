@@ -20,6 +20,10 @@ struct Inner {
     tokens: HashMap<String, StoredToken>,
     leases: HashMap<String, (String, u64)>,
     quotas: HashMap<String, (u32, u64)>,
+    /// key -> (holder, expires_at)
+    claims: HashMap<String, (String, u64)>,
+    /// openid -> template id -> (one-time grants, long-term)
+    grants: HashMap<String, std::collections::BTreeMap<String, (u32, bool)>>,
 }
 
 impl MemoryStore {
@@ -203,5 +207,94 @@ impl TokenStore for MemoryStore {
         *count += 1;
         *exp = expires_at;
         Ok(true)
+    }
+}
+
+#[async_trait]
+impl MessageStore for MemoryStore {
+    async fn claim(
+        &self,
+        key: &str,
+        holder: &str,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        if g.claims.len() % 1024 == 1023 {
+            g.claims.retain(|_, (_, exp)| *exp > now);
+        }
+        match g.claims.get(key) {
+            Some((_, exp)) if *exp > now => Ok(false),
+            _ => {
+                g.claims
+                    .insert(key.to_string(), (holder.to_string(), expires_at));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn release_claim(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if g.claims.get(key).is_some_and(|(h, _)| h == holder) {
+            g.claims.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn change_grant(
+        &self,
+        openid: &str,
+        template_id: &str,
+        change: GrantChange,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        let entry = g
+            .grants
+            .entry(openid.to_string())
+            .or_default()
+            .entry(template_id.to_string())
+            .or_default();
+        match change {
+            GrantChange::AddOneTime => entry.0 += 1,
+            GrantChange::ClearOneTime => entry.0 = 0,
+            GrantChange::LongTerm(true) => entry.1 = true,
+            GrantChange::LongTerm(false) => *entry = (0, false),
+        }
+        Ok(())
+    }
+
+    async fn take_grant(
+        &self,
+        openid: &str,
+        template_id: &str,
+    ) -> Result<Option<Taken>, StoreError> {
+        let mut g = self.lock();
+        let Some(entry) = g.grants.get_mut(openid).and_then(|t| t.get_mut(template_id)) else {
+            return Ok(None);
+        };
+        Ok(if entry.1 {
+            Some(Taken::LongTerm)
+        } else if entry.0 > 0 {
+            entry.0 -= 1;
+            Some(Taken::OneTime)
+        } else {
+            None
+        })
+    }
+
+    async fn grants(&self, openid: &str) -> Result<Vec<Grant>, StoreError> {
+        Ok(self
+            .lock()
+            .grants
+            .get(openid)
+            .into_iter()
+            .flatten()
+            .filter(|(_, (n, lt))| *n > 0 || *lt)
+            .map(|(t, (n, lt))| Grant {
+                template_id: t.clone(),
+                one_time: *n,
+                long_term: *lt,
+            })
+            .collect())
     }
 }

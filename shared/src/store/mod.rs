@@ -121,9 +121,67 @@ pub trait TokenStore: Send + Sync {
     -> Result<bool, StoreError>;
 }
 
+/// A user's subscribe-message grants for one template (the grant ledger).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Grant {
+    pub template_id: String,
+    /// One-time grants not yet used: each accepted popup adds one, each send uses one.
+    pub one_time: u32,
+    /// A standing grant (a long-term template, or "always allow" in the settings).
+    pub long_term: bool,
+}
+
+/// A change to the ledger, from a push or a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantChange {
+    /// One more one-time grant (an accepted popup; a send that WeChat did not carry out).
+    AddOneTime,
+    /// No one-time grants left (a rejected popup; WeChat's 43101).
+    ClearOneTime,
+    /// The standing grant given (true) or withdrawn (false; withdrawing also clears the
+    /// one-time grants).
+    LongTerm(bool),
+}
+
+/// What a send may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    LongTerm,
+    /// One one-time grant, now used up.
+    OneTime,
+}
+
+#[async_trait]
+pub trait MessageStore: Send + Sync {
+    /// Claims `key` for `holder` until `expires_at` (epoch seconds) unless an unexpired claim
+    /// exists: true if this call made it. Conditional write: however often a push or an event is
+    /// delivered, across all instances one delivery wins.
+    async fn claim(
+        &self,
+        key: &str,
+        holder: &str,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<bool, StoreError>;
+    /// Drops `holder`'s claim on `key` (its work failed: a redelivery may do it).
+    async fn release_claim(&self, key: &str, holder: &str) -> Result<(), StoreError>;
+    async fn change_grant(
+        &self,
+        openid: &str,
+        template_id: &str,
+        change: GrantChange,
+    ) -> Result<(), StoreError>;
+    /// Uses a grant for one send: the standing one if given, else one one-time grant (never
+    /// below zero, across all instances); `None` when there is neither.
+    async fn take_grant(&self, openid: &str, template_id: &str)
+    -> Result<Option<Taken>, StoreError>;
+    /// The user's grants, templates with nothing left omitted, by template id.
+    async fn grants(&self, openid: &str) -> Result<Vec<Grant>, StoreError>;
+}
+
 /// Everything the functions keep, in one object (both implementations provide all of it).
-pub trait Store: SessionStore + UserStore + TokenStore {}
-impl<T: SessionStore + UserStore + TokenStore> Store for T {}
+pub trait Store: SessionStore + UserStore + TokenStore + MessageStore {}
+impl<T: SessionStore + UserStore + TokenStore + MessageStore> Store for T {}
 
 pub(crate) fn session_pk(key: &str) -> String {
     format!("session#{key}")
@@ -136,6 +194,12 @@ pub(crate) fn token_pk(key: &str) -> String {
 }
 pub(crate) fn lease_pk(name: &str) -> String {
     format!("lease#{name}")
+}
+pub(crate) fn claim_pk(key: &str) -> String {
+    format!("claim#{key}")
+}
+pub(crate) fn grants_pk(openid: &str) -> String {
+    format!("grants#{openid}")
 }
 pub(crate) fn quota_pk(name: &str) -> String {
     format!("quota#{name}")

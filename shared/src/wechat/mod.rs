@@ -13,6 +13,7 @@ mod code;
 mod error;
 mod login;
 mod phone;
+mod subscribe;
 mod token;
 mod transport;
 

@@ -1,0 +1,75 @@
+//! The grant ledger: per (openid, template id), the one-time grants a user gave and whether a
+//! standing grant exists, kept from WeChat's subscribe pushes.
+//!
+//! - `subscribe_msg_popup_event`: `accept` adds one one-time grant; `reject` and `ban` clear them.
+//! - `subscribe_msg_change_event` (the user changed the setting): `accept` records a standing
+//!   grant; `reject` and `ban` withdraw it and clear the one-time grants.
+//! - `subscribe_msg_sent_event`: an item with `ErrorCode` 43101 (the user has no grant left)
+//!   clears the one-time grants; a delivered message changes nothing (its send used its grant).
+//!
+//! `List` may hold one item or several (the receiver always makes it an array; an object is
+//! read too).
+
+use serde_json::Value;
+
+use crate::store::{GrantChange, MessageStore, StoreError};
+
+pub const EVENTS: &[&str] = &[
+    "subscribe_msg_popup_event",
+    "subscribe_msg_change_event",
+    "subscribe_msg_sent_event",
+];
+
+/// The ledger change one item of `event` asks for.
+pub fn change_of(event: &str, item: &Value) -> Option<GrantChange> {
+    let status = item.get("SubscribeStatusString").and_then(Value::as_str);
+    match (event, status) {
+        ("subscribe_msg_popup_event", Some("accept")) => Some(GrantChange::AddOneTime),
+        ("subscribe_msg_popup_event", Some("reject" | "ban")) => Some(GrantChange::ClearOneTime),
+        ("subscribe_msg_change_event", Some("accept")) => Some(GrantChange::LongTerm(true)),
+        ("subscribe_msg_change_event", Some("reject" | "ban")) => {
+            Some(GrantChange::LongTerm(false))
+        }
+        ("subscribe_msg_sent_event", _) => {
+            let code = item.get("ErrorCode").and_then(|c| {
+                c.as_i64()
+                    .or_else(|| c.as_str().and_then(|s| s.parse().ok()))
+            });
+            (code == Some(43101)).then_some(GrantChange::ClearOneTime)
+        }
+        _ => None,
+    }
+}
+
+/// Applies a subscribe push (`detail` as the receiver published it); the number of changes.
+pub async fn apply(store: &dyn MessageStore, detail: &Value) -> Result<usize, StoreError> {
+    let Some(openid) = detail
+        .get("FromUserName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    else {
+        tracing::warn!("a subscribe push without FromUserName: nothing to record");
+        return Ok(0);
+    };
+    let event = detail.get("Event").and_then(Value::as_str).unwrap_or("");
+    let items: Vec<&Value> = match detail.get("List") {
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(item @ Value::Object(_)) => vec![item],
+        _ => Vec::new(),
+    };
+    let mut changed = 0;
+    for item in items {
+        let Some(template_id) = item
+            .get("TemplateId")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty() && s.len() <= 128)
+        else {
+            continue;
+        };
+        if let Some(change) = change_of(event, item) {
+            store.change_grant(openid, template_id, change).await?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
