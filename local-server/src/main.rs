@@ -5,6 +5,10 @@
 //!   `AWS_ENDPOINT_URL` for a local one), creating the table if it is missing.
 //! - WeChat: the built-in sandbox, mounted under `/sandbox` on the same port, unless
 //!   `WECHAT_APPID` and `WECHAT_SECRET` are set (then `WECHAT_API_BASE`, default the real API).
+//!   With the sandbox, `/push` takes the sandbox's pushes (its push token and EncodingAESKey,
+//!   or `WECHAT_PUSH_TOKEN`/`WECHAT_PUSH_AES_KEY` for both).
+//! - Events: an in-process bus whose consumer does the notify function's work (the grant ledger,
+//!   subscribe sends), unless `EVENT_BUS_NAME` is set (then that EventBridge bus).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -12,6 +16,7 @@ use std::sync::Arc;
 
 use wechat_sandbox::{Sandbox, SandboxConfig};
 use wxmp::codecache::CodeCache;
+use wxmp::events::{BusEvent, EventBridgeSink, EventSink, LocalBus};
 use wxmp::store::{DynamoStore, MemoryStore, Store};
 use wxmp::{App, Config, Surface};
 
@@ -45,7 +50,16 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             return Err("WECHAT_APPID is required when WECHAT_SECRET is set (unset both to use the sandbox)".into());
         }
     };
-    let sandbox = use_sandbox.then(|| Sandbox::new(SandboxConfig::default()));
+    let sandbox = use_sandbox.then(|| {
+        let mut cfg = SandboxConfig::default();
+        if let Some(t) = env("WECHAT_PUSH_TOKEN") {
+            cfg.push_token = t;
+        }
+        if let Some(k) = env("WECHAT_PUSH_AES_KEY") {
+            cfg.push_aes_key = k;
+        }
+        Sandbox::new(cfg)
+    });
 
     let config = match &sandbox {
         Some(sb) => {
@@ -55,6 +69,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 "WECHAT_APPID" => Some(cfg.appid.clone()),
                 "WECHAT_SECRET" => Some(cfg.secret.clone()),
                 "WECHAT_API_BASE" => Some(base.clone()),
+                "WECHAT_PUSH_TOKEN" => Some(cfg.push_token.clone()),
+                "WECHAT_PUSH_AES_KEY" => Some(cfg.push_aes_key.clone()),
                 other => env(other),
             })?
         }
@@ -62,8 +78,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     // One SdkConfig for every AWS client, loaded only if AWS is used at all.
-    let sdk = match (&config.table_name, &config.code_bucket) {
-        (None, None) => None,
+    let sdk = match (&config.table_name, &config.code_bucket, &config.event_bus) {
+        (None, None, None) => None,
         _ => Some(wxmp::aws::sdk_config().await),
     };
     let store: Arc<dyn Store> = match (&config.table_name, &sdk) {
@@ -93,9 +109,26 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         config.wechat_api_base.as_str()
     };
-    let app = Arc::new(App::new(config.clone(), store).with_code_cache(codes));
+    let (events, local_bus): (Arc<dyn EventSink>, _) = match (&config.event_bus, &sdk) {
+        (Some(bus), Some(sdk)) => (
+            Arc::new(EventBridgeSink::new(wxmp::aws::eventbridge(sdk), bus)),
+            None,
+        ),
+        _ => {
+            let (bus, rx) = LocalBus::new();
+            (Arc::new(bus), Some(rx))
+        }
+    };
+    let app = Arc::new(
+        App::new(config.clone(), store)
+            .with_code_cache(codes)
+            .with_events(Some(events)),
+    );
+    if let Some(rx) = local_bus {
+        tokio::spawn(consume(app.clone(), rx));
+    }
 
-    let mut router = wxmp::routes::router(app.clone(), Surface::All);
+    let mut router = wxmp::routes::router(app.clone(), Surface::All).merge(local_events(app.clone()));
     if let Some(sb) = &sandbox {
         router = router.nest_service("/sandbox", sb.router());
     }
@@ -116,6 +149,41 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     Ok(())
+}
+
+/// `POST /_local/events` `{"source", "detail-type", "detail"}`: puts an event on the bus, as
+/// another service's `PutEvents` would (say a `wechat.subscribe.send`). 202 once it is on it.
+fn local_events(app: Arc<App>) -> axum::Router {
+    use axum::http::StatusCode;
+    axum::Router::new().route(
+        "/_local/events",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let app = app.clone();
+            async move {
+                let event: BusEvent = match serde_json::from_slice(&body) {
+                    Ok(e) => e,
+                    Err(e) => return (StatusCode::BAD_REQUEST, format!("bad event: {e}")),
+                };
+                match &app.events {
+                    Some(bus) => match bus.put(event).await {
+                        Ok(()) => (StatusCode::ACCEPTED, "queued".to_string()),
+                        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e),
+                    },
+                    None => (StatusCode::SERVICE_UNAVAILABLE, "no event bus".to_string()),
+                }
+            }
+        }),
+    )
+}
+
+/// The local bus's consumer: what EventBridge's rule and the notify function do in AWS.
+async fn consume(app: Arc<App>, mut rx: tokio::sync::mpsc::UnboundedReceiver<BusEvent>) {
+    while let Some(event) = rx.recv().await {
+        tracing::info!(source = %event.source, detail_type = %event.detail_type, "event on the local bus");
+        if let Err(e) = wxmp::notify::handle(&app, &event).await {
+            tracing::error!(error = %e, "the local bus's event failed");
+        }
+    }
 }
 
 async fn refresh_forever(app: Arc<App>, interval: std::time::Duration) {

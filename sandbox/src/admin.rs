@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::{Faults, PhoneSpec, Sandbox};
+use crate::{Faults, PhoneSpec, PushSpec, Sandbox};
 
 pub(crate) fn router() -> Router<Sandbox> {
     Router::new()
@@ -54,6 +54,9 @@ pub(crate) fn router() -> Router<Sandbox> {
         )
         .route("/_sandbox/advance_time", post(advance_time))
         .route("/_sandbox/secret", post(rotate_secret))
+        .route("/_sandbox/push", post(push))
+        .route("/_sandbox/grant", post(grant))
+        .route("/_sandbox/subscribe_messages", get(subscribe_messages))
 }
 
 /// A JSON body, whatever the request's content type says (curl users often send none).
@@ -135,4 +138,40 @@ async fn rotate_secret(
 ) -> StatusCode {
     sb.rotate_secret(req.secret);
     StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct PushDelivery {
+    /// The receiver's URL (`http://127.0.0.1:3000/push`).
+    url: String,
+    #[serde(flatten)]
+    spec: PushSpec,
+}
+
+/// Builds the push WeChat would send for `message` (mode, format) and POSTs it to `url`; the
+/// receiver's status and body. An accepted subscribe popup is recorded as WeChat's grant.
+async fn push(State(sb): State<Sandbox>, JsonBody(req): JsonBody<PushDelivery>) -> Response {
+    match sb.push(&req.url, &req.spec).await {
+        Ok((status, body)) => Json(json!({"status": status, "body": body})).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, Json(json!({"error": e}))).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct GrantRequest {
+    openid: String,
+    template_id: String,
+    #[serde(default)]
+    count: u32,
+    #[serde(default)]
+    long_term: bool,
+}
+
+async fn grant(State(sb): State<Sandbox>, JsonBody(req): JsonBody<GrantRequest>) -> StatusCode {
+    sb.grant(&req.openid, &req.template_id, req.count, req.long_term);
+    StatusCode::NO_CONTENT
+}
+
+async fn subscribe_messages(State(sb): State<Sandbox>) -> Json<Value> {
+    Json(json!({"messages": sb.subscribe_messages()}))
 }

@@ -50,6 +50,11 @@ pub(crate) const INVALID_TOKEN: WxError = WxError::new(
     40001,
     "invalid credential, access_token is invalid or not latest",
 );
+pub(crate) const INVALID_OPENID: WxError = WxError::new(40003, "invalid openid");
+pub(crate) const INVALID_TEMPLATE: WxError = WxError::new(40037, "invalid template_id");
+pub(crate) const USER_REFUSED: WxError = WxError::new(43101, "user refuse to accept the msg");
+pub(crate) const ARGUMENT_INVALID: WxError =
+    WxError::new(47003, "argument invalid! data.value is empty or too long");
 pub(crate) const INVALID_GRANT_TYPE: WxError = WxError::new(40002, "invalid grant_type");
 pub(crate) const INVALID_APPID: WxError = WxError::new(40013, "invalid appid");
 pub(crate) const INVALID_CODE: WxError = WxError::new(40029, "invalid code");

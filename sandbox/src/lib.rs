@@ -24,8 +24,10 @@ mod codes;
 mod error;
 mod faults;
 mod image;
+mod push;
 mod routes;
 mod state;
+mod subscribe;
 mod tokens;
 
 use std::collections::BTreeMap;
@@ -39,6 +41,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use image::{CodeParams, render_code};
+pub use push::{PushFormat, PushMode, PushRequest, PushSpec, deliver as deliver_push, sign};
 
 use state::State;
 
@@ -67,6 +70,15 @@ pub struct SandboxConfig {
     pub published_pages: Vec<String>,
     /// Whether jscode2session includes a unionid (the app is bound to an Open Platform account).
     pub unionid: bool,
+    /// The message push's Token and EncodingAESKey, as set in the console.
+    pub push_token: String,
+    pub push_aes_key: String,
+    /// The mini-program's original id (`gh_...`), the pushes' `ToUserName`.
+    pub original_id: String,
+    /// One-time subscribe-message templates the app has picked.
+    pub subscribe_templates: Vec<String>,
+    /// Long-term templates (sent without a grant).
+    pub long_term_templates: Vec<String>,
 }
 
 impl Default for SandboxConfig {
@@ -83,6 +95,14 @@ impl Default for SandboxConfig {
             code_ttl_secs: 300,
             published_pages: vec!["pages/index/index".to_owned()],
             unionid: true,
+            push_token: "sandboxpushtoken".to_owned(),
+            push_aes_key: "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG".to_owned(),
+            original_id: "gh_sandbox000001".to_owned(),
+            subscribe_templates: vec![
+                "TPL_ORDER_SHIPPED_0000000000000000000000000".to_owned(),
+                "TPL_BOOKING_REMINDER_000000000000000000000".to_owned(),
+            ],
+            long_term_templates: vec!["TPL_LONG_TERM_SERVICE_00000000000000000000".to_owned()],
         }
     }
 }
@@ -287,6 +307,43 @@ impl Sandbox {
 
     pub fn reset_stats(&self) {
         self.state().stats = Stats::default();
+    }
+
+    /// The push WeChat would send for `spec` (nothing recorded, nothing sent): for tests that
+    /// replay, tamper with or time a push themselves.
+    pub fn build_push(&self, spec: &PushSpec) -> PushRequest {
+        let cfg = &self.inner.cfg;
+        let now = self.state().clock.epoch_secs();
+        push::build(
+            spec,
+            &cfg.push_token,
+            &cfg.push_aes_key,
+            &cfg.appid,
+            &cfg.original_id,
+            now,
+        )
+    }
+
+    /// A user's action that WeChat pushes: what it means for the grants is recorded (an
+    /// accepted popup is a grant WeChat will honour), then the push is built and POSTed to
+    /// `url`. The receiver's status and body.
+    pub async fn push(&self, url: &str, spec: &PushSpec) -> Result<(u16, String), String> {
+        self.state().subscriptions.record_push(&spec.message);
+        let req = self.build_push(spec);
+        push::deliver(url, &req).await
+    }
+
+    /// Gives `openid` `count` one-time grants of `template_id` (and a standing one if
+    /// `standing`) without a push.
+    pub fn grant(&self, openid: &str, template_id: &str, count: u32, standing: bool) {
+        self.state()
+            .subscriptions
+            .grant(openid, template_id, count, standing);
+    }
+
+    /// Every subscribe message sent so far (the request bodies WeChat accepted).
+    pub fn subscribe_messages(&self) -> Vec<serde_json::Value> {
+        self.state().subscriptions.sent.clone()
     }
 
     /// The openid jscode2session returns for `user`.

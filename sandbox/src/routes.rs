@@ -23,6 +23,7 @@ pub(crate) const TOKEN: &str = "/cgi-bin/token";
 pub(crate) const STABLE_TOKEN: &str = "/cgi-bin/stable_token";
 pub(crate) const GETWXACODEUNLIMIT: &str = "/wxa/getwxacodeunlimit";
 pub(crate) const GETUSERPHONENUMBER: &str = "/wxa/business/getuserphonenumber";
+pub(crate) const SUBSCRIBE_SEND: &str = "/cgi-bin/message/subscribe/send";
 
 pub(crate) fn router() -> Router<Sandbox> {
     Router::new()
@@ -31,6 +32,7 @@ pub(crate) fn router() -> Router<Sandbox> {
         .route(STABLE_TOKEN, any(stable_token))
         .route(GETWXACODEUNLIMIT, any(getwxacodeunlimit))
         .route(GETUSERPHONENUMBER, any(getuserphonenumber))
+        .route(SUBSCRIBE_SEND, any(subscribe_send))
 }
 
 /// Query parameters; a malformed query string reads as no parameters, as WeChat would then
@@ -342,6 +344,22 @@ async fn getuserphonenumber(
             }),
             JSON_CT,
         ))
+    })
+    .await
+}
+
+async fn subscribe_send(
+    State(sb): State<Sandbox>,
+    method: Method,
+    q: Params,
+    body: Bytes,
+) -> Response {
+    let q = params(q);
+    serve_call(&sb, SUBSCRIBE_SEND, JSON_CT, |cfg, st| {
+        require_post(&method)?;
+        authorize(st, &q)?;
+        st.subscriptions.send(cfg, &body)?;
+        Ok(Reply::Json(json!({"errcode": 0, "errmsg": "ok"}), JSON_CT))
     })
     .await
 }

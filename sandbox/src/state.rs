@@ -72,6 +72,7 @@ pub(crate) struct State {
     rid_seq: u64,
     /// The app secret WeChat accepts now (rotated with `POST /_sandbox/secret`).
     pub secret: String,
+    pub subscriptions: crate::subscribe::Subscriptions,
 }
 
 impl State {
@@ -86,6 +87,7 @@ impl State {
             stats: Stats::default(),
             rid_seq: 0,
             secret: cfg.secret.clone(),
+            subscriptions: Default::default(),
         }
     }
 

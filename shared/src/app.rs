@@ -58,6 +58,28 @@ impl App {
         }
     }
 
+    /// For the push function: a push token and an event bus, or an error naming the variable
+    /// (logged; the cold start fails rather than answer every push with an error).
+    pub fn require_push(&self) -> Result<(), InitError> {
+        if self.push.is_none() {
+            let e = ConfigError {
+                var: "WECHAT_PUSH_TOKEN",
+                reason: "is required but not set (nor push_token in the secret)".into(),
+            };
+            tracing::error!(variable = e.var, error = %e, "configuration error");
+            return Err(e.into());
+        }
+        self.require_events()
+    }
+
+    /// For the push and notify functions: an event bus, or an error naming `EVENT_BUS_NAME`.
+    pub fn require_events(&self) -> Result<(), InitError> {
+        self.config.require_event_bus().map(|_| ()).map_err(|e| {
+            tracing::error!(variable = e.var, error = %e, "configuration error");
+            InitError::Config(e)
+        })
+    }
+
     pub fn with_events(mut self, events: Option<Arc<dyn EventSink>>) -> Self {
         self.events = events;
         self

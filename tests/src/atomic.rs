@@ -113,3 +113,41 @@ impl TokenStore for AtomicDynamo {
         self.inner.take_quota(name, limit, expires_at).await
     }
 }
+
+/// Claims and grant use are conditional writes: they take turns too.
+#[async_trait]
+impl wxmp::store::MessageStore for AtomicDynamo {
+    async fn claim(
+        &self,
+        key: &str,
+        holder: &str,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let _turn = self.turn.lock().await;
+        self.inner.claim(key, holder, expires_at, now).await
+    }
+    async fn release_claim(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        let _turn = self.turn.lock().await;
+        self.inner.release_claim(key, holder).await
+    }
+    async fn change_grant(
+        &self,
+        openid: &str,
+        template_id: &str,
+        change: wxmp::store::GrantChange,
+    ) -> Result<(), StoreError> {
+        self.inner.change_grant(openid, template_id, change).await
+    }
+    async fn take_grant(
+        &self,
+        openid: &str,
+        template_id: &str,
+    ) -> Result<Option<wxmp::store::Taken>, StoreError> {
+        let _turn = self.turn.lock().await;
+        self.inner.take_grant(openid, template_id).await
+    }
+    async fn grants(&self, openid: &str) -> Result<Vec<wxmp::store::Grant>, StoreError> {
+        self.inner.grants(openid).await
+    }
+}

@@ -15,6 +15,55 @@ pub mod moto;
 pub mod runtime_api;
 
 pub use apigw::{V2Response, login_event, v2_event, with_stage};
+
+/// Implements `wxmp::store::MessageStore` for a test store decorator by handing every call to
+/// `$inner` (an expression of `$self`): the decorators watch or break the session, user and
+/// token calls, and leave the grant ledger and claims as they are.
+#[macro_export]
+macro_rules! delegate_message_store {
+    ($ty:ty, $self:ident => $inner:expr) => {
+        #[async_trait::async_trait]
+        impl wxmp::store::MessageStore for $ty {
+            async fn claim(
+                &$self,
+                key: &str,
+                holder: &str,
+                expires_at: u64,
+                now: u64,
+            ) -> Result<bool, wxmp::store::StoreError> {
+                $inner.claim(key, holder, expires_at, now).await
+            }
+            async fn release_claim(
+                &$self,
+                key: &str,
+                holder: &str,
+            ) -> Result<(), wxmp::store::StoreError> {
+                $inner.release_claim(key, holder).await
+            }
+            async fn change_grant(
+                &$self,
+                openid: &str,
+                template_id: &str,
+                change: wxmp::store::GrantChange,
+            ) -> Result<(), wxmp::store::StoreError> {
+                $inner.change_grant(openid, template_id, change).await
+            }
+            async fn take_grant(
+                &$self,
+                openid: &str,
+                template_id: &str,
+            ) -> Result<Option<wxmp::store::Taken>, wxmp::store::StoreError> {
+                $inner.take_grant(openid, template_id).await
+            }
+            async fn grants(
+                &$self,
+                openid: &str,
+            ) -> Result<Vec<wxmp::store::Grant>, wxmp::store::StoreError> {
+                $inner.grants(openid).await
+            }
+        }
+    };
+}
 pub use env::{Options, Reply, TestEnv, call_app};
 pub use runtime_api::{FunctionProcess, InvocationError, RuntimeApi, binary_path};
 

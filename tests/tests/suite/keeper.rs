@@ -541,3 +541,5 @@ async fn a_fetch_cancelled_by_the_deadline_releases_its_lease() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+e2e::delegate_message_store!(TokensDown, self => self.0);

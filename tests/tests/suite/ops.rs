@@ -13,7 +13,7 @@ async fn run(
     invalidate_after: Option<(&std::path::Path, usize)>,
 ) -> (bool, String, String) {
     let vars = env.function_env().await;
-    let mut child = tokio::process::Command::new(binary_path("ops"))
+    let child = tokio::process::Command::new(binary_path("ops"))
         .args(args)
         .env_clear()
         .envs(vars)

@@ -19,6 +19,7 @@ fn function_of(surface: Surface) -> &'static str {
     match surface {
         Surface::Sessions => "login",
         Surface::Codes => "qrcode",
+        Surface::Push => "push",
         Surface::All => unreachable!("no route belongs to every function"),
     }
 }
@@ -77,6 +78,7 @@ fn the_template_wires_each_route_to_its_function() {
                 let function = match binary {
                     "login" => "login",
                     "qrcode" => "qrcode",
+                    "push" => "push",
                     other => panic!("HTTP route on unexpected function {other}"),
                 };
                 wired.insert((
@@ -120,6 +122,7 @@ async fn each_function_serves_its_routes_and_only_those() {
         "WECHAT_APPID" => Some("wxroutes".into()),
         "WECHAT_SECRET" => Some("s".into()),
         "WECHAT_API_BASE" => Some("http://127.0.0.1:9".into()),
+        "WECHAT_PUSH_TOKEN" => Some("push-token".into()),
         _ => None,
     })
     .unwrap();
@@ -127,7 +130,7 @@ async fn each_function_serves_its_routes_and_only_those() {
         config,
         std::sync::Arc::new(wxmp::store::MemoryStore::new()),
     ));
-    for surface in [Surface::Sessions, Surface::Codes] {
+    for surface in [Surface::Sessions, Surface::Codes, Surface::Push] {
         for (method, path, owner) in ROUTES {
             let req = http::Request::builder()
                 .method(*method)
@@ -139,10 +142,11 @@ async fn each_function_serves_its_routes_and_only_those() {
                 .await
                 .unwrap()
                 .status();
-            // Without credentials or a body, a served route refuses with 400/401, never 404.
+            // Without credentials, a body or a signature, a served route refuses with
+            // 400/401/403, never 404.
             if *owner == surface {
                 assert!(
-                    status == 400 || status == 401,
+                    status == 400 || status == 401 || status == 403,
                     "{method} {path} on {surface:?}: {status}"
                 );
             } else {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use e2e::runtime_api::DEFAULT_INVOKE_TIMEOUT;
 use e2e::{FunctionProcess, RuntimeApi, TestEnv, V2Response, binary_path};
 use e2e::{Reply, call_app, login_event, moto};
-use serde_json::{Value, json};
+use serde_json::json;
 use wxmp::Config;
 
 /// `POST /login` in-process with a fresh code.

@@ -965,3 +965,5 @@ async fn token_refresher_binary_fails_loudly_on_a_config_error_and_recovers() {
     let response = api.invoke(scheduled_event()).await.expect("second run");
     assert_eq!(response["fetched"], true, "{response}");
 }
+
+e2e::delegate_message_store!(CountingStore, self => self.inner);

@@ -58,11 +58,9 @@ impl World {
         let store: Arc<dyn Store> = self.store.clone();
         let wechat = self.client.wechat.clone();
         App {
-            config: self.client.config.clone(),
             tokens: Arc::new(TokenKeeper::new(wechat.clone(), store.clone(), self.mode)),
             wechat,
-            store,
-            codes: None,
+            ..App::new(self.client.config.clone(), store)
         }
     }
 

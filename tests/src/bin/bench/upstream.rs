@@ -235,3 +235,5 @@ pub async fn upstream_calls() {
         None,
     );
 }
+
+e2e::delegate_message_store!(Metered, self => self.inner);
