@@ -20,6 +20,8 @@ pub struct Options {
     pub sandbox: SandboxConfig,
     pub token_mode: TokenMode,
     pub bucket: bool,
+    /// An EventBridge bus (with an SQS queue reading it) as `EVENT_BUS_NAME`.
+    pub bus: bool,
 }
 
 impl Default for Options {
@@ -28,6 +30,7 @@ impl Default for Options {
             sandbox: SandboxConfig::default(),
             token_mode: TokenMode::Stable,
             bucket: false,
+            bus: false,
         }
     }
 }
@@ -38,6 +41,7 @@ pub struct TestEnv {
     pub sdk: SdkConfig,
     pub table: String,
     pub bucket: Option<String>,
+    pub bus: Option<crate::bus::TestBus>,
     /// The test's DynamoDB table on moto, conditional writes made atomic (see [`AtomicDynamo`]).
     pub store: Arc<AtomicDynamo>,
     pub app: App,
@@ -104,7 +108,17 @@ impl TestEnv {
             .expect("table created");
         let bucket = opts.bucket.then(|| moto::unique_name("codes"));
         let store = Arc::new(AtomicDynamo::new(DynamoStore::new(dynamo, table.clone())));
-        let pairs = config_pairs(&wechat, opts.token_mode, &table, bucket.as_deref());
+        let bus = match opts.bus {
+            true => Some(crate::bus::TestBus::new(&sdk).await),
+            false => None,
+        };
+        let pairs = config_pairs(
+            &wechat,
+            opts.token_mode,
+            &table,
+            bucket.as_deref(),
+            bus.as_ref().map(|b| b.name.as_str()),
+        );
         let app = build_app(&pairs, &sdk, bucket.as_deref(), store.clone());
         if let Some(c) = &app.codes {
             c.ensure_bucket().await.expect("bucket created");
@@ -115,6 +129,7 @@ impl TestEnv {
             sdk,
             table,
             bucket,
+            bus,
             store,
             app,
             token_mode: opts.token_mode,
@@ -149,6 +164,7 @@ impl TestEnv {
             self.token_mode,
             &self.table,
             self.bucket.as_deref(),
+            self.bus.as_ref().map(|b| b.name.as_str()),
         )
     }
 
@@ -303,6 +319,7 @@ fn config_pairs(
     mode: TokenMode,
     table: &str,
     bucket: Option<&str>,
+    bus: Option<&str>,
 ) -> Vec<(String, String)> {
     let cfg = wechat.sandbox.config();
     let mut v = vec![
@@ -311,7 +328,12 @@ fn config_pairs(
         ("WECHAT_API_BASE".to_string(), wechat.base_url()),
         ("WECHAT_TOKEN_MODE".to_string(), mode.as_str().to_string()),
         ("TABLE_NAME".to_string(), table.to_string()),
+        ("WECHAT_PUSH_TOKEN".to_string(), cfg.push_token.clone()),
+        ("WECHAT_PUSH_AES_KEY".to_string(), cfg.push_aes_key.clone()),
     ];
+    if let Some(b) = bus {
+        v.push(("EVENT_BUS_NAME".to_string(), b.to_string()));
+    }
     if let Some(b) = bucket {
         v.push(("CODE_BUCKET".to_string(), b.to_string()));
     }
@@ -328,5 +350,13 @@ fn build_app(
         Config::from_lookup(|k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
             .expect("test configuration is valid");
     let codes = bucket.map(|b| CodeCache::new(wxmp::aws::s3(sdk), b));
-    App::new(config, store).with_code_cache(codes)
+    let events = config.event_bus.as_ref().map(|bus| {
+        Arc::new(wxmp::events::EventBridgeSink::new(
+            wxmp::aws::eventbridge(sdk),
+            bus,
+        )) as Arc<dyn wxmp::events::EventSink>
+    });
+    App::new(config, store)
+        .with_code_cache(codes)
+        .with_events(events)
 }

@@ -10,6 +10,7 @@
 
 pub mod apigw;
 pub mod atomic;
+pub mod bus;
 pub mod env;
 pub mod moto;
 pub mod runtime_api;

@@ -10,6 +10,7 @@ mod local_server;
 mod login;
 mod me;
 mod ops;
+mod push;
 mod qrcode;
 mod routes;
 mod secrets;
