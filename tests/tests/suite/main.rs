@@ -9,6 +9,7 @@ mod lambda_login;
 mod local_server;
 mod login;
 mod me;
+mod notify;
 mod ops;
 mod push;
 mod qrcode;

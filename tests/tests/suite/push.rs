@@ -287,14 +287,20 @@ async fn a_bus_failure_answers_503_and_wechats_retry_publishes() {
     assert_eq!(got[0]["detail"]["MsgId"], text_message(7)["MsgId"]);
 }
 
-#[tokio::test]
-async fn the_sandbox_delivers_over_http_to_a_served_receiver() {
-    let env = env().await;
-    let bus = env.bus.as_ref().unwrap();
+/// Serves the push function's routes of `env`'s app on a local port: its `/push` URL.
+pub async fn serve(env: &TestEnv) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/push", listener.local_addr().unwrap());
     let router = wxmp::routes::router(std::sync::Arc::new(env.app.clone()), wxmp::Surface::Push);
     tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
+
+#[tokio::test]
+async fn the_sandbox_delivers_over_http_to_a_served_receiver() {
+    let env = env().await;
+    let bus = env.bus.as_ref().unwrap();
+    let url = serve(&env).await;
     for (mode, format) in [(PushMode::Safe, PushFormat::Xml), (PushMode::Compatible, PushFormat::Json)] {
         let (status, body) = env
             .sandbox()
