@@ -6,6 +6,7 @@ mod aws_signing;
 mod cargo_lambda_watch;
 mod keeper;
 mod lambda_login;
+mod lambda_push;
 mod local_server;
 mod login;
 mod me;
