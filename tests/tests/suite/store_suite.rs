@@ -184,10 +184,74 @@ async fn sessions(store: Arc<dyn Store>) {
     assert!(!store.record_login("o1", Some("u1"), 1100).await.unwrap());
 }
 
+async fn claims_and_grants(store: Arc<dyn Store>, concurrent_updates_are_atomic: bool) {
+    use wxmp::store::{Grant, GrantChange::*, Taken};
+    // A claim holds until it expires; only its holder gives it back.
+    assert!(store.claim("push#1", "a", 2000, 1000).await.unwrap());
+    assert!(!store.claim("push#1", "b", 3000, 1999).await.unwrap());
+    store.release_claim("push#1", "b").await.unwrap();
+    assert!(!store.claim("push#1", "b", 3000, 1999).await.unwrap());
+    store.release_claim("push#1", "a").await.unwrap();
+    assert!(store.claim("push#1", "b", 3000, 1999).await.unwrap());
+    assert!(store.claim("push#1", "c", 4000, 3000).await.unwrap(), "expired");
+    assert!(store.claim("push#2", "c", 4000, 3000).await.unwrap());
+
+    let g = |t: &str, one_time, long_term| Grant {
+        template_id: t.into(),
+        one_time,
+        long_term,
+    };
+    assert_eq!(store.grants("o1").await.unwrap(), vec![]);
+    assert_eq!(store.take_grant("o1", "T1").await.unwrap(), None);
+    store.change_grant("o1", "T1", AddOneTime).await.unwrap();
+    store.change_grant("o1", "T1", AddOneTime).await.unwrap();
+    store.change_grant("o1", "T0", LongTerm(true)).await.unwrap();
+    store.change_grant("o2", "T1", AddOneTime).await.unwrap();
+    assert_eq!(
+        store.grants("o1").await.unwrap(),
+        vec![g("T0", 0, true), g("T1", 2, false)]
+    );
+    // A standing grant is used without counting down; one-time grants count down to none.
+    assert_eq!(store.take_grant("o1", "T0").await.unwrap(), Some(Taken::LongTerm));
+    assert_eq!(store.take_grant("o1", "T1").await.unwrap(), Some(Taken::OneTime));
+    assert_eq!(store.take_grant("o1", "T1").await.unwrap(), Some(Taken::OneTime));
+    assert_eq!(store.take_grant("o1", "T1").await.unwrap(), None);
+    assert_eq!(store.grants("o1").await.unwrap(), vec![g("T0", 0, true)]);
+    store.change_grant("o1", "T0", AddOneTime).await.unwrap();
+    store.change_grant("o1", "T0", LongTerm(false)).await.unwrap();
+    store.change_grant("o2", "T1", ClearOneTime).await.unwrap();
+    store.change_grant("o2", "T1", ClearOneTime).await.unwrap();
+    assert_eq!(store.grants("o1").await.unwrap(), vec![]);
+    assert_eq!(store.grants("o2").await.unwrap(), vec![]);
+
+    if !concurrent_updates_are_atomic {
+        return;
+    }
+    // Concurrent senders never use more grants than there are.
+    for _ in 0..5 {
+        store.change_grant("race", "T", AddOneTime).await.unwrap();
+    }
+    let mut set = JoinSet::new();
+    for _ in 0..20 {
+        let store = store.clone();
+        set.spawn(async move { store.take_grant("race", "T").await.unwrap() });
+    }
+    let taken = set.join_all().await.into_iter().flatten().count();
+    assert_eq!(taken, 5);
+    // One claim wins a race.
+    let mut set = JoinSet::new();
+    for i in 0..20 {
+        let store = store.clone();
+        set.spawn(async move { store.claim("race", &format!("h{i}"), 10, 1).await.unwrap() });
+    }
+    assert_eq!(set.join_all().await.into_iter().filter(|w| *w).count(), 1);
+}
+
 async fn suite(store: Arc<dyn Store>, concurrent_updates_are_atomic: bool) {
     leases(store.clone(), concurrent_updates_are_atomic).await;
     tokens(store.clone()).await;
     quotas(store.clone(), concurrent_updates_are_atomic).await;
+    claims_and_grants(store.clone(), concurrent_updates_are_atomic).await;
     sessions(store).await;
 }
 
@@ -199,4 +263,18 @@ async fn the_embedded_store_keeps_the_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dynamodb_store_keeps_the_contract() {
     suite(dynamo().await, false).await;
+}
+
+/// moto checks a condition and writes without a lock; the test store takes turns on conditional
+/// writes as DynamoDB applies them atomically (see `e2e::atomic`): the races run there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dynamodb_ledger_never_passes_its_grants_in_a_race() {
+    let sdk = moto::sdk_config(&moto::endpoint().await).await;
+    let client = wxmp::aws::dynamodb(&sdk);
+    let table = moto::unique_name("race");
+    wxmp::store::ensure_table(&client, &table).await.unwrap();
+    let store: Arc<dyn Store> = Arc::new(e2e::atomic::AtomicDynamo::new(DynamoStore::new(
+        client, table,
+    )));
+    claims_and_grants(store, true).await;
 }
