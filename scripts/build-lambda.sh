@@ -12,7 +12,7 @@ if ! [ -x "$venv/bin/cargo-lambda" ] || ! "$venv/bin/python" -c 'import ziglang'
 fi
 export PATH="$venv/bin:$PATH"
 
-functions=(login qrcode token-refresher)
+functions=(login qrcode token-refresher push notify)
 lambda_dir="${CARGO_TARGET_DIR:-target}/lambda"
 pkgs=()
 for f in "${functions[@]}"; do pkgs+=(-p "$f"); done

@@ -20,7 +20,8 @@ cargo build -p local-server
 # The sandbox for WeChat whatever the caller's environment says: made-up login and phone codes
 # are what the fuzzer sends. The embedded store, or with CONFORMANCE_AWS=1 DynamoDB and the S3
 # code cache on a moto server (so `x-cache` is exercised too).
-server_env=(-u WECHAT_APPID -u WECHAT_SECRET -u WECHAT_API_BASE -u TABLE_NAME -u CODE_BUCKET)
+server_env=(-u WECHAT_APPID -u WECHAT_SECRET -u WECHAT_API_BASE -u TABLE_NAME -u CODE_BUCKET
+  -u WECHAT_PUSH_TOKEN -u WECHAT_PUSH_AES_KEY -u EVENT_BUS_NAME)
 if [ "${CONFORMANCE_AWS:-}" = 1 ]; then
   start_moto
   server_env+=(TABLE_NAME=conformance-sessions CODE_BUCKET=conformance-codes

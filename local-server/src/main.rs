@@ -128,7 +128,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn(consume(app.clone(), rx));
     }
 
-    let mut router = wxmp::routes::router(app.clone(), Surface::All).merge(local_events(app.clone()));
+    let mut router =
+        wxmp::routes::router(app.clone(), Surface::All).merge(local_events(app.clone()));
     if let Some(sb) = &sandbox {
         router = router.nest_service("/sandbox", sb.router());
     }

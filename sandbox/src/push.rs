@@ -281,7 +281,14 @@ pub async fn deliver(url: &str, req: &PushRequest) -> Result<(u16, String), Stri
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
-    Ok((status, if chunked { dechunk(body) } else { body.to_string() }))
+    Ok((
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        },
+    ))
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -321,7 +328,10 @@ mod tests {
         let spec = PushSpec {
             mode: PushMode::Safe,
             format: PushFormat::Json,
-            message: json!({"MsgType": "text", "Content": "hi"}).as_object().unwrap().clone(),
+            message: json!({"MsgType": "text", "Content": "hi"})
+                .as_object()
+                .unwrap()
+                .clone(),
             timestamp: Some(100),
             nonce: Some("n".into()),
         };

@@ -80,7 +80,11 @@ impl Subscriptions {
         if !long_term && !cfg.subscribe_templates.iter().any(|t| t == tid) {
             return Err(error::INVALID_TEMPLATE);
         }
-        if let Some(page) = v.get("page").and_then(Value::as_str).filter(|p| !p.is_empty()) {
+        if let Some(page) = v
+            .get("page")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+        {
             let path = page.split('?').next().unwrap_or("");
             if !cfg.published_pages.iter().any(|p| p == path) {
                 return Err(error::INVALID_PAGE);

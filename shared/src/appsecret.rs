@@ -59,7 +59,9 @@ pub fn parse(text: &str) -> Result<AppSecret, ConfigError> {
     let field = |name: &str, required: bool| -> Result<Option<String>, ConfigError> {
         match doc.get(name) {
             Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+            // An optional field left empty (the template writes every field) is absent.
             None | Some(Value::Null) if !required => Ok(None),
+            Some(Value::String(s)) if s.is_empty() && !required => Ok(None),
             None | Some(Value::Null) => Err(invalid(format!("the secret has no \"{name}\" field"))),
             Some(_) => Err(invalid(format!(
                 "the secret's \"{name}\" field must be a non-empty string"

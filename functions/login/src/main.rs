@@ -1,4 +1,5 @@
-//! The login function: `POST /login`, `GET /session`, `DELETE /session`.
+//! The login function: `POST /login`, `GET /session`, `DELETE /session`, `GET /me`, `PUT /me`,
+//! `GET /subscriptions`.
 
 use wxmp::{App, Surface};
 

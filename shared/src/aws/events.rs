@@ -41,7 +41,13 @@ impl EventBridge {
             .await?;
         let entry = out.get("Entries").and_then(|e| e.get(0));
         match entry.and_then(|e| e.get("EventId")).and_then(Value::as_str) {
-            Some(id) if out.get("FailedEntryCount").and_then(Value::as_u64).unwrap_or(0) == 0 => {
+            Some(id)
+                if out
+                    .get("FailedEntryCount")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+                    == 0 =>
+            {
                 Ok(id.to_string())
             }
             _ => Err(AwsError {

@@ -76,7 +76,12 @@ pub fn json_client(
     content_type: &'static str,
     target: &'static str,
 ) -> JsonClient {
-    JsonClient::new(signed::Signed::new(sdk, service), service, content_type, target)
+    JsonClient::new(
+        signed::Signed::new(sdk, service),
+        service,
+        content_type,
+        target,
+    )
 }
 
 /// The S3 client of `sdk`: path-style addressing whenever a custom endpoint is set (local servers

@@ -62,7 +62,11 @@ pub async fn handle(app: &App, event: &BusEvent) -> Result<Outcome, StoreError> 
             }
         }
         (source, t) => {
-            tracing::info!(source, detail_type = t, "event not for the notify function: ignored");
+            tracing::info!(
+                source,
+                detail_type = t,
+                "event not for the notify function: ignored"
+            );
             Ok(Outcome::Ignored)
         }
     }

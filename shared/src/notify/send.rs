@@ -79,7 +79,9 @@ impl SendRequest {
         }
         for (k, v) in &self.data {
             if v.get("value").and_then(Value::as_str).is_none() {
-                return Err(format!("data.{k} must be an object with a string \"value\""));
+                return Err(format!(
+                    "data.{k} must be an object with a string \"value\""
+                ));
             }
         }
         Ok(())
@@ -112,7 +114,13 @@ pub async fn send(app: &App, detail: &Value) -> Result<Outcome, StoreError> {
             .map(str::to_string)
     };
     let req: SendRequest = match serde_path_to_error::deserialize::<_, SendRequest>(detail)
-        .map_err(|e| format!("the send event's detail is invalid: {} ({})", e.path(), e.inner()))
+        .map_err(|e| {
+            format!(
+                "the send event's detail is invalid: {} ({})",
+                e.path(),
+                e.inner()
+            )
+        })
         .and_then(|r| r.check().map(|_| r))
     {
         Ok(r) => r,
@@ -131,7 +139,10 @@ pub async fn send(app: &App, detail: &Value) -> Result<Outcome, StoreError> {
         }
     };
     let now = crate::now_secs();
-    let claim = format!("send#{}", crate::ids::sha256_hex(req.idempotency_key.as_bytes()));
+    let claim = format!(
+        "send#{}",
+        crate::ids::sha256_hex(req.idempotency_key.as_bytes())
+    );
     let holder = crate::ids::new_request_id();
     if !app
         .store
@@ -202,7 +213,9 @@ pub async fn send(app: &App, detail: &Value) -> Result<Outcome, StoreError> {
     };
     match status {
         Status::Sent => tracing::info!("subscribe message sent"),
-        Status::NotSubscribed => tracing::info!(errcode, "subscribe message not sent: the user has no grant"),
+        Status::NotSubscribed => {
+            tracing::info!(errcode, "subscribe message not sent: the user has no grant")
+        }
         Status::Invalid => tracing::warn!(errcode, reason = %message, "subscribe message refused"),
         Status::Failed => tracing::error!(errcode, reason = %message, "subscribe message failed"),
     }
@@ -237,7 +250,10 @@ async fn publish(app: &App, result: Value) {
         tracing::warn!("no event bus configured: the subscribe result is only logged");
         return;
     };
-    if let Err(e) = events.put(BusEvent::new(NOTIFY_SOURCE, RESULT, result)).await {
+    if let Err(e) = events
+        .put(BusEvent::new(NOTIFY_SOURCE, RESULT, result))
+        .await
+    {
         tracing::error!(error = %e, "the subscribe result could not be published");
     }
 }

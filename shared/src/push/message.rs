@@ -39,7 +39,12 @@ pub enum Format {
 impl Format {
     /// By the first character that is not white space: `<` XML, `{` JSON.
     pub fn sniff(body: &str) -> Option<Format> {
-        match body.trim_start_matches('\u{feff}').trim_start().chars().next() {
+        match body
+            .trim_start_matches('\u{feff}')
+            .trim_start()
+            .chars()
+            .next()
+        {
             Some('<') => Some(Format::Xml),
             Some('{') => Some(Format::Json),
             _ => None,
@@ -315,10 +320,18 @@ mod tests {
             <SubscribeMsgChangeEvent><List><TemplateId>a</TemplateId></List>\
             <List><TemplateId>b &amp; &#x41;</TemplateId></List></SubscribeMsgChangeEvent></xml>";
         let (_, m) = parse(body).unwrap();
-        assert_eq!(m["List"], json!([{"TemplateId": "a"}, {"TemplateId": "b & A"}]));
+        assert_eq!(
+            m["List"],
+            json!([{"TemplateId": "a"}, {"TemplateId": "b & A"}])
+        );
         // Text outside CDATA that is not an integer stays text; leading zeros stay text.
         let (_, m) = parse("<xml><A>007</A><B>-5</B><C>x1</C><D><![CDATA[12]]></D></xml>").unwrap();
-        assert_eq!(m, *json!({"A": "007", "B": -5, "C": "x1", "D": "12"}).as_object().unwrap());
+        assert_eq!(
+            m,
+            *json!({"A": "007", "B": -5, "C": "x1", "D": "12"})
+                .as_object()
+                .unwrap()
+        );
     }
 
     #[test]

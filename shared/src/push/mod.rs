@@ -85,7 +85,9 @@ impl PushKeys {
             .parse()
             .map_err(|_| forbidden("the timestamp is not a number"))?;
         if ts.abs_diff(now) > MAX_SKEW_SECS {
-            return Err(forbidden("the timestamp is more than 5 minutes away (a replay?)"));
+            return Err(forbidden(
+                "the timestamp is more than 5 minutes away (a replay?)",
+            ));
         }
         Ok((timestamp, nonce))
     }
@@ -144,7 +146,8 @@ impl PushKeys {
             // Safe or compatible mode: the envelope, then msg_signature over its Encrypt, then
             // the decryption.
             let (format, fields) = message::parse(body).map_err(bad)?;
-            let enc = encrypt(&fields).ok_or_else(|| bad("msg_signature without an Encrypt field"))?;
+            let enc =
+                encrypt(&fields).ok_or_else(|| bad("msg_signature without an Encrypt field"))?;
             let expected = signature(&[self.token.expose(), timestamp, nonce, &enc]);
             if !signature_matches(given, &expected) {
                 return Err(forbidden("msg_signature does not match the push token"));
@@ -208,7 +211,9 @@ impl PushKeys {
             signature(&[self.token.expose(), &ts, nonce, &enc]),
         ));
         let body = match format {
-            Format::Json => serde_json::json!({ "ToUserName": "gh_sandbox", "Encrypt": enc }).to_string(),
+            Format::Json => {
+                serde_json::json!({ "ToUserName": "gh_sandbox", "Encrypt": enc }).to_string()
+            }
             Format::Xml => format!(
                 "<xml><ToUserName><![CDATA[gh_sandbox]]></ToUserName><Encrypt><![CDATA[{enc}]]></Encrypt></xml>"
             ),
@@ -234,23 +239,52 @@ mod tests {
         for encrypt in [false, true] {
             for format in [Format::Json, Format::Xml] {
                 let (query, body) = keys.seal(msg, "wx1", 1000, "n", encrypt, format);
-                let o = keys.open(&q(query.clone()), body.as_bytes(), "wx1", 1000).unwrap();
+                let o = keys
+                    .open(&q(query.clone()), body.as_bytes(), "wx1", 1000)
+                    .unwrap();
                 assert_eq!(o.fields["Event"], "x");
                 assert_eq!(o.encrypted, encrypt);
                 // Stale, or far ahead.
-                assert_eq!(keys.open(&q(query.clone()), body.as_bytes(), "wx1", 1301).unwrap_err().code(), "forbidden");
-                assert_eq!(keys.open(&q(query.clone()), body.as_bytes(), "wx1", 699).unwrap_err().code(), "forbidden");
+                assert_eq!(
+                    keys.open(&q(query.clone()), body.as_bytes(), "wx1", 1301)
+                        .unwrap_err()
+                        .code(),
+                    "forbidden"
+                );
+                assert_eq!(
+                    keys.open(&q(query.clone()), body.as_bytes(), "wx1", 699)
+                        .unwrap_err()
+                        .code(),
+                    "forbidden"
+                );
                 let other = PushKeys::new("other", Some(KEY)).unwrap();
-                assert_eq!(other.open(&q(query.clone()), body.as_bytes(), "wx1", 1000).unwrap_err().code(), "forbidden");
+                assert_eq!(
+                    other
+                        .open(&q(query.clone()), body.as_bytes(), "wx1", 1000)
+                        .unwrap_err()
+                        .code(),
+                    "forbidden"
+                );
                 if encrypt {
-                    assert_eq!(keys.open(&q(query), body.as_bytes(), "wx2", 1000).unwrap_err().code(), "forbidden");
+                    assert_eq!(
+                        keys.open(&q(query), body.as_bytes(), "wx2", 1000)
+                            .unwrap_err()
+                            .code(),
+                        "forbidden"
+                    );
                 }
             }
         }
         // An encrypted push to a receiver without the key.
         let plain_only = PushKeys::new("tok", None).unwrap();
         let (query, body) = keys.seal(msg, "wx1", 1000, "n", true, Format::Json);
-        assert_eq!(plain_only.open(&q(query), body.as_bytes(), "wx1", 1000).unwrap_err().code(), "forbidden");
+        assert_eq!(
+            plain_only
+                .open(&q(query), body.as_bytes(), "wx1", 1000)
+                .unwrap_err()
+                .code(),
+            "forbidden"
+        );
     }
 
     #[test]
@@ -260,6 +294,9 @@ mod tests {
         query.push(("echostr".into(), "hello".into()));
         assert_eq!(keys.verify(&q(query.clone()), 1000).unwrap(), "hello");
         query[0].1 = "0".repeat(40);
-        assert_eq!(keys.verify(&q(query), 1000).unwrap_err().code(), "forbidden");
+        assert_eq!(
+            keys.verify(&q(query), 1000).unwrap_err().code(),
+            "forbidden"
+        );
     }
 }

@@ -149,7 +149,12 @@ mod tests {
 
     #[tokio::test]
     async fn each_surface_mounts_exactly_its_routes_and_answers_the_rest() {
-        for surface in [Surface::Sessions, Surface::Codes, Surface::Push, Surface::All] {
+        for surface in [
+            Surface::Sessions,
+            Surface::Codes,
+            Surface::Push,
+            Surface::All,
+        ] {
             let r = router(app(), surface);
             for (m, p, owner) in ROUTES {
                 let (s, _) = status(&r, m, p).await;

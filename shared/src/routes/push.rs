@@ -81,7 +81,10 @@ pub async fn receive(
         .claim(&key, &holder, now + DEDUP_SECS, now)
         .await?
     {
-        tracing::info!(detail_type, "push received before (WeChat's retry): not published again");
+        tracing::info!(
+            detail_type,
+            "push received before (WeChat's retry): not published again"
+        );
         return Ok(text("success".into()));
     }
     let event = BusEvent::new(PUSH_SOURCE, &detail_type, Value::Object(opened.fields));

@@ -269,7 +269,11 @@ impl MessageStore for MemoryStore {
         template_id: &str,
     ) -> Result<Option<Taken>, StoreError> {
         let mut g = self.lock();
-        let Some(entry) = g.grants.get_mut(openid).and_then(|t| t.get_mut(template_id)) else {
+        let Some(entry) = g
+            .grants
+            .get_mut(openid)
+            .and_then(|t| t.get_mut(template_id))
+        else {
             return Ok(None);
         };
         Ok(if entry.1 {

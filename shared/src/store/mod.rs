@@ -173,8 +173,11 @@ pub trait MessageStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Uses a grant for one send: the standing one if given, else one one-time grant (never
     /// below zero, across all instances); `None` when there is neither.
-    async fn take_grant(&self, openid: &str, template_id: &str)
-    -> Result<Option<Taken>, StoreError>;
+    async fn take_grant(
+        &self,
+        openid: &str,
+        template_id: &str,
+    ) -> Result<Option<Taken>, StoreError>;
     /// The user's grants, templates with nothing left omitted, by template id.
     async fn grants(&self, openid: &str) -> Result<Vec<Grant>, StoreError>;
 }

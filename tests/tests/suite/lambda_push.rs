@@ -24,7 +24,10 @@ impl Function {
     async fn invoke(&self, event: Value) -> Value {
         let inv = self.api.invoke_full(event, DEFAULT_INVOKE_TIMEOUT).await;
         inv.result.unwrap_or_else(|e| {
-            panic!("invocation failed: {e}\n--- output ---\n{}", self.process.output())
+            panic!(
+                "invocation failed: {e}\n--- output ---\n{}",
+                self.process.output()
+            )
         })
     }
 }
@@ -45,21 +48,46 @@ async fn pushes_through_the_push_binary_reach_the_notify_binary() {
         "CreateTime": 1_700_000_000u64, "MsgType": "event", "Event": "subscribe_msg_popup_event",
         "List": [{"TemplateId": template, "SubscribeStatusString": "accept", "PopupScene": 0}]});
     env.sandbox().grant(&openid, template, 1, false);
-    let req = env.sandbox().build_push(&spec(PushMode::Safe, PushFormat::Xml, message));
+    let req = env
+        .sandbox()
+        .build_push(&spec(PushMode::Safe, PushFormat::Xml, message));
     let path = format!("/push?{}", req.query_string());
-    let event = v2_event("POST", &path, &[("content-type", "text/xml")], Some(req.body.as_bytes()), true);
+    let event = v2_event(
+        "POST",
+        &path,
+        &[("content-type", "text/xml")],
+        Some(req.body.as_bytes()),
+        true,
+    );
     let r = V2Response::parse(&push.invoke(with_stage(event, "prod")).await);
     assert_eq!((r.status, r.text().as_str()), (200, "success"));
     // Verification through the binary: text/plain, not base64.
     let verify = format!("/push?{}&echostr=abc123", req.query_string());
-    let raw = push.invoke(v2_event("GET", &verify, &[], None, false)).await;
+    let raw = push
+        .invoke(v2_event("GET", &verify, &[], None, false))
+        .await;
     let r = V2Response::parse(&raw);
-    assert_eq!((r.status, r.text().as_str(), r.is_base64), (200, "abc123", false), "{raw}");
+    assert_eq!(
+        (r.status, r.text().as_str(), r.is_base64),
+        (200, "abc123", false),
+        "{raw}"
+    );
     // A forged push: 403 JSON, and nothing of its body in the function's logs.
-    let forged = format!("/push?signature={}&timestamp={}&nonce=1", "0".repeat(40), wxmp::now_secs());
+    let forged = format!(
+        "/push?signature={}&timestamp={}&nonce=1",
+        "0".repeat(40),
+        wxmp::now_secs()
+    );
     let body = format!("<xml><MsgType>text</MsgType><Content>{secret_text}</Content></xml>");
-    let r = V2Response::parse(&push.invoke(v2_event("POST", &forged, &[], Some(body.as_bytes()), false)).await);
-    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (403, Some("forbidden")));
+    let r = V2Response::parse(
+        &push
+            .invoke(v2_event("POST", &forged, &[], Some(body.as_bytes()), false))
+            .await,
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
 
     let pushed = bus.take_exactly(1).await;
     assert_eq!(pushed.len(), 1, "{pushed:#?}");
@@ -78,7 +106,10 @@ async fn pushes_through_the_push_binary_reach_the_notify_binary() {
 
     let logs = format!("{}{}", push.process.output(), notify.process.output());
     assert!(!logs.contains(secret_text), "a refused body was logged");
-    assert!(!logs.contains(&SandboxDefaults::push_token()), "the push token was logged");
+    assert!(
+        !logs.contains(&SandboxDefaults::push_token()),
+        "the push token was logged"
+    );
     assert!(logs.contains("push published"), "{logs}");
 }
 
@@ -90,7 +121,9 @@ async fn the_push_function_refuses_to_start_without_its_configuration() {
             .function_env()
             .await
             .into_iter()
-            .filter(|(k, _)| k != missing && !(missing == "WECHAT_PUSH_TOKEN" && k == "WECHAT_PUSH_AES_KEY"))
+            .filter(|(k, _)| {
+                k != missing && !(missing == "WECHAT_PUSH_TOKEN" && k == "WECHAT_PUSH_AES_KEY")
+            })
             .collect();
         let mut f = Function::start("push", &vars).await;
         // Either the runtime reports an init error or the process exits with the reason.
@@ -106,7 +139,10 @@ async fn the_push_function_refuses_to_start_without_its_configuration() {
                     .await;
                 break f.process.output();
             }
-            assert!(std::time::Instant::now() < deadline, "{missing}: the function started");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{missing}: the function started"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         };
         assert!(reason.contains(missing), "{missing}: {reason}");

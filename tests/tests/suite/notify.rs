@@ -17,7 +17,9 @@ const SEND_PATH: &str = "/cgi-bin/message/subscribe/send";
 /// Hands one event, as the queue received it, to the notify function's handler.
 async fn deliver(env: &e2e::TestEnv, event: &Value) -> Outcome {
     let event: BusEvent = serde_json::from_value(event.clone()).expect("an EventBridge event");
-    wxmp::notify::handle(&env.app, &event).await.expect("handled")
+    wxmp::notify::handle(&env.app, &event)
+        .await
+        .expect("handled")
 }
 
 /// The one event now on the bus (a test's own step produced it).
@@ -42,9 +44,12 @@ fn send_detail(openid: &str, template: &str, key: &str) -> Value {
 /// notify made of it with the result event it published (if any).
 async fn send(env: &e2e::TestEnv, detail: Value) -> (Outcome, Option<Value>) {
     let bus = env.bus.as_ref().unwrap();
-    bus.put("test.sender", "wechat.subscribe.send", &detail).await;
+    bus.put("test.sender", "wechat.subscribe.send", &detail)
+        .await;
     let outcome = deliver(env, &next(env).await).await;
-    let results = bus.take_exactly(usize::from(outcome != Outcome::Duplicate)).await;
+    let results = bus
+        .take_exactly(usize::from(outcome != Outcome::Duplicate))
+        .await;
     assert!(results.len() <= 1, "{results:#?}");
     let result = results.into_iter().next();
     if let Some(r) = &result {
@@ -68,10 +73,18 @@ async fn an_accepted_popup_lets_exactly_one_message_through() {
     let openid = env.sandbox().openid_for("alice");
     assert_eq!(grants(&env, &token).await, json!([]));
     // The user accepts the popup: WeChat records the grant and pushes the answer.
-    let items = json!([{"TemplateId": ONE_TIME, "SubscribeStatusString": "accept", "PopupScene": 0}]);
+    let items =
+        json!([{"TemplateId": ONE_TIME, "SubscribeStatusString": "accept", "PopupScene": 0}]);
     let (status, _) = env
         .sandbox()
-        .push(&url, &spec(PushMode::Safe, PushFormat::Xml, popup(&openid, items, 1_700_000_000)))
+        .push(
+            &url,
+            &spec(
+                PushMode::Safe,
+                PushFormat::Xml,
+                popup(&openid, items, 1_700_000_000),
+            ),
+        )
         .await
         .unwrap();
     assert_eq!(status, 200);
@@ -126,14 +139,28 @@ async fn popups_with_several_items_and_setting_changes_keep_the_ledger() {
         m["CreateTime"] = json!(at);
         let (env, url) = (&env, &url);
         async move {
-            let (s, _) = env.sandbox().push(url, &spec(PushMode::Plain, format, m)).await.unwrap();
+            let (s, _) = env
+                .sandbox()
+                .push(url, &spec(PushMode::Plain, format, m))
+                .await
+                .unwrap();
             assert_eq!(s, 200);
             let event = next(env).await;
             deliver(env, &event).await
         }
     };
-    assert_eq!(push(popup(&openid, both("accept", "accept"), 0), PushFormat::Json).await, Outcome::Ledger(2));
-    assert_eq!(push(popup(&openid, both("accept", "reject"), 0), PushFormat::Xml).await, Outcome::Ledger(2));
+    assert_eq!(
+        push(
+            popup(&openid, both("accept", "accept"), 0),
+            PushFormat::Json
+        )
+        .await,
+        Outcome::Ledger(2)
+    );
+    assert_eq!(
+        push(popup(&openid, both("accept", "reject"), 0), PushFormat::Xml).await,
+        Outcome::Ledger(2)
+    );
     assert_eq!(
         grants(&env, &token).await,
         json!([{"template_id": ONE_TIME, "one_time": 2, "long_term": false}])
@@ -144,7 +171,10 @@ async fn popups_with_several_items_and_setting_changes_keep_the_ledger() {
                "MsgType": "event", "Event": "subscribe_msg_change_event",
                "List": {"TemplateId": LONG_TERM, "SubscribeStatusString": status}})
     };
-    assert_eq!(push(change("accept"), PushFormat::Json).await, Outcome::Ledger(1));
+    assert_eq!(
+        push(change("accept"), PushFormat::Json).await,
+        Outcome::Ledger(1)
+    );
     for key in ["lt-1", "lt-2"] {
         let (outcome, _) = send(&env, send_detail(&openid, LONG_TERM, key)).await;
         assert_eq!(outcome, Outcome::Sent(Status::Sent));
@@ -155,9 +185,23 @@ async fn popups_with_several_items_and_setting_changes_keep_the_ledger() {
         json!([{"template_id": LONG_TERM, "one_time": 0, "long_term": true},
                {"template_id": ONE_TIME, "one_time": 2, "long_term": false}])
     );
-    assert_eq!(push(change("reject"), PushFormat::Xml).await, Outcome::Ledger(1));
+    assert_eq!(
+        push(change("reject"), PushFormat::Xml).await,
+        Outcome::Ledger(1)
+    );
     // The user rejects the one-time template in a popup: its grants are gone.
-    assert_eq!(push(popup(&openid, json!({"TemplateId": ONE_TIME, "SubscribeStatusString": "reject"}), 0), PushFormat::Json).await, Outcome::Ledger(1));
+    assert_eq!(
+        push(
+            popup(
+                &openid,
+                json!({"TemplateId": ONE_TIME, "SubscribeStatusString": "reject"}),
+                0
+            ),
+            PushFormat::Json
+        )
+        .await,
+        Outcome::Ledger(1)
+    );
     assert_eq!(grants(&env, &token).await, json!([]));
 }
 
@@ -175,33 +219,57 @@ async fn wechats_refusals_are_results_and_an_unused_grant_is_given_back() {
         .unwrap();
     let one_left = json!([{"template_id": ONE_TIME, "one_time": 1, "long_term": false}]);
     let cases = [
-        ("bad data", {
-            let mut d = send_detail(&openid, ONE_TIME, "k-data");
-            d["data"]["thing1"]["value"] = json!("far too long for a thing field, WeChat says");
-            d
-        }, 47003),
-        ("unpublished page", {
-            let mut d = send_detail(&openid, ONE_TIME, "k-page");
-            d["page"] = json!("pages/missing/index");
-            d
-        }, 41030),
-        ("unknown template", {
-            let mut d = send_detail(&openid, "TPL_NOT_PICKED", "k-tpl");
-            d["long_term"] = json!(true);
-            d
-        }, 40037),
-        ("foreign openid", {
-            let mut d = send_detail("not-an-openid-of-this-app", LONG_TERM, "k-openid");
-            d["long_term"] = json!(true);
-            d
-        }, 40003),
+        (
+            "bad data",
+            {
+                let mut d = send_detail(&openid, ONE_TIME, "k-data");
+                d["data"]["thing1"]["value"] = json!("far too long for a thing field, WeChat says");
+                d
+            },
+            47003,
+        ),
+        (
+            "unpublished page",
+            {
+                let mut d = send_detail(&openid, ONE_TIME, "k-page");
+                d["page"] = json!("pages/missing/index");
+                d
+            },
+            41030,
+        ),
+        (
+            "unknown template",
+            {
+                let mut d = send_detail(&openid, "TPL_NOT_PICKED", "k-tpl");
+                d["long_term"] = json!(true);
+                d
+            },
+            40037,
+        ),
+        (
+            "foreign openid",
+            {
+                let mut d = send_detail("not-an-openid-of-this-app", LONG_TERM, "k-openid");
+                d["long_term"] = json!(true);
+                d
+            },
+            40003,
+        ),
     ];
     for (what, detail, errcode) in cases {
         let (outcome, result) = send(&env, detail).await;
         assert_eq!(outcome, Outcome::Sent(Status::Invalid), "{what}");
         let result = result.unwrap();
-        assert_eq!((result["status"].as_str(), result["errcode"].as_i64()), (Some("invalid"), Some(errcode)), "{what}: {result}");
-        assert_eq!(grants(&env, &token).await, one_left, "{what}: the grant is the user's still");
+        assert_eq!(
+            (result["status"].as_str(), result["errcode"].as_i64()),
+            (Some("invalid"), Some(errcode)),
+            "{what}: {result}"
+        );
+        assert_eq!(
+            grants(&env, &token).await,
+            one_left,
+            "{what}: the grant is the user's still"
+        );
     }
     // A detail the notify function cannot read: invalid, WeChat not called.
     let calls = env.calls(SEND_PATH);
@@ -211,7 +279,12 @@ async fn wechats_refusals_are_results_and_an_unused_grant_is_given_back() {
     )
     .await;
     assert_eq!(outcome, Outcome::Sent(Status::Invalid));
-    assert!(result.unwrap()["message"].as_str().unwrap().contains("idempotency_key"));
+    assert!(
+        result.unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("idempotency_key")
+    );
     assert_eq!(env.calls(SEND_PATH), calls);
     // WeChat busy once, then a rejected token: retried within the budget, the keeper refreshes.
     env.script(SEND_PATH, -1, 1);

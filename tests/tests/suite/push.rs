@@ -4,8 +4,8 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use e2e::env::Options;
 use e2e::TestEnv;
+use e2e::env::Options;
 use e2e::env::call_app_with_headers;
 use serde_json::{Map, Value, json};
 use wechat_sandbox::{PushFormat, PushMode, PushRequest, PushSpec, Sandbox, SandboxConfig};
@@ -92,7 +92,9 @@ async fn every_mode_and_format_is_published_once_as_one_json_shape() {
 #[tokio::test]
 async fn the_verification_echoes_only_a_signed_echostr() {
     let env = env().await;
-    let req = env.sandbox().build_push(&spec(PushMode::Plain, PushFormat::Xml, json!({})));
+    let req = env
+        .sandbox()
+        .build_push(&spec(PushMode::Plain, PushFormat::Xml, json!({})));
     let q = format!("/push?{}&echostr=4750372548593", req.query_string());
     let r = env.call("GET", &q, None, b"").await;
     assert_eq!(r.status, 200);
@@ -130,11 +132,25 @@ async fn wechat_retries_are_published_once_and_media_results_are_told_apart() {
             "CreateTime": 1_700_000_100u64, "MsgType": "event", "Event": "wxa_media_check",
             "appid": "wx", "trace_id": trace, "version": 2,
             "result": {"suggest": "pass", "label": 100}});
-        assert_success(&post(&env, &env.sandbox().build_push(&spec(PushMode::Plain, PushFormat::Json, m))).await);
+        assert_success(
+            &post(
+                &env,
+                &env.sandbox()
+                    .build_push(&spec(PushMode::Plain, PushFormat::Json, m)),
+            )
+            .await,
+        );
     }
     let got = bus.take_exactly(3).await;
-    let types: Vec<_> = got.iter().map(|e| e["detail-type"].as_str().unwrap().to_string()).collect();
-    assert_eq!(types, ["text", "wxa_media_check", "wxa_media_check"], "{got:#?}");
+    let types: Vec<_> = got
+        .iter()
+        .map(|e| e["detail-type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        types,
+        ["text", "wxa_media_check", "wxa_media_check"],
+        "{got:#?}"
+    );
     assert_eq!(got[1]["detail"]["trace_id"], "trace-a");
     assert_eq!(got[2]["detail"]["trace_id"], "trace-b");
 }
@@ -152,13 +168,23 @@ async fn list_is_an_array_for_one_item_and_for_several() {
         {"TemplateId": "T1", "SubscribeStatusString": "accept", "PopupScene": 0},
         {"TemplateId": "T2", "SubscribeStatusString": "reject", "PopupScene": 0},
     ]);
-    for (msg, format) in [(&one, PushFormat::Json), (&two, PushFormat::Xml), (&one, PushFormat::Xml)] {
+    for (msg, format) in [
+        (&one, PushFormat::Json),
+        (&two, PushFormat::Xml),
+        (&one, PushFormat::Xml),
+    ] {
         let mut m = msg.clone();
         if format == PushFormat::Xml && m["List"].is_object() {
             // XML cannot tell one item from a list of one: the same push as JSON.
             m["CreateTime"] = json!(1_700_000_202u64);
         }
-        assert_success(&post(&env, &env.sandbox().build_push(&spec(PushMode::Safe, format, m))).await);
+        assert_success(
+            &post(
+                &env,
+                &env.sandbox().build_push(&spec(PushMode::Safe, format, m)),
+            )
+            .await,
+        );
     }
     let got = bus.take_exactly(3).await;
     assert_eq!(got.len(), 3);
@@ -166,7 +192,10 @@ async fn list_is_an_array_for_one_item_and_for_several() {
     assert_eq!(got[0]["detail"]["List"], single);
     assert_eq!(got[1]["detail"]["List"].as_array().unwrap().len(), 2);
     assert_eq!(got[2]["detail"]["List"], single);
-    assert!(got[1]["detail"].get("SubscribeMsgPopupEvent").is_none(), "XML's wrapper is lifted");
+    assert!(
+        got[1]["detail"].get("SubscribeMsgPopupEvent").is_none(),
+        "XML's wrapper is lifted"
+    );
 }
 
 /// Flips bits of the ciphertext in a safe-mode JSON push (CBC: a flip in block k-1 flips the
@@ -179,7 +208,11 @@ fn tamper(req: &PushRequest, at_from_end: usize, bits: u8) -> PushRequest {
     let enc = STANDARD.encode(raw);
     let mut out = req.clone();
     out.body = json!({"ToUserName": body["ToUserName"], "Encrypt": enc}).to_string();
-    let q: Map<String, Value> = req.query.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let q: Map<String, Value> = req
+        .query
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
     let sig = wechat_sandbox::sign(&[
         &SandboxConfig::default().push_token,
         q["timestamp"].as_str().unwrap(),
@@ -201,8 +234,12 @@ async fn bad_pushes_are_refused_and_nothing_is_published() {
     let secret_text = "PRIVATE-CONTENT-42";
     let msg = json!({"FromUserName": "oUser000000000000000000000003", "CreateTime": 1_700_000_300u64,
         "MsgType": "text", "Content": secret_text, "MsgId": 99u64});
-    let safe = env.sandbox().build_push(&spec(PushMode::Safe, PushFormat::Json, msg.clone()));
-    let plain = env.sandbox().build_push(&spec(PushMode::Plain, PushFormat::Xml, msg.clone()));
+    let safe = env
+        .sandbox()
+        .build_push(&spec(PushMode::Safe, PushFormat::Json, msg.clone()));
+    let plain = env
+        .sandbox()
+        .build_push(&spec(PushMode::Plain, PushFormat::Xml, msg.clone()));
     let set = |req: &PushRequest, key: &str, value: &str| {
         let mut r = req.clone();
         for (k, v) in r.query.iter_mut() {
@@ -227,37 +264,106 @@ async fn bad_pushes_are_refused_and_nothing_is_published() {
     stale.timestamp = Some(wxmp::now_secs() - 360);
     let stale = env.sandbox().build_push(&stale);
     let cases: Vec<(&str, PushRequest, u16, &str)> = vec![
-        ("wrong signature", set(&plain, "signature", &"0".repeat(40)), 403, "forbidden"),
-        ("no signature", PushRequest { query: plain.query[1..].to_vec(), ..plain.clone() }, 403, "forbidden"),
-        ("wrong msg_signature", set(&safe, "msg_signature", &"1".repeat(40)), 403, "forbidden"),
+        (
+            "wrong signature",
+            set(&plain, "signature", &"0".repeat(40)),
+            403,
+            "forbidden",
+        ),
+        (
+            "no signature",
+            PushRequest {
+                query: plain.query[1..].to_vec(),
+                ..plain.clone()
+            },
+            403,
+            "forbidden",
+        ),
+        (
+            "wrong msg_signature",
+            set(&safe, "msg_signature", &"1".repeat(40)),
+            403,
+            "forbidden",
+        ),
         ("bad padding", tamper(&safe, 17, 0x40), 403, "forbidden"),
-        ("tampered ciphertext", tamper(&safe, 40, 0x01), 403, "forbidden"),
+        (
+            "tampered ciphertext",
+            tamper(&safe, 40, 0x01),
+            403,
+            "forbidden",
+        ),
         ("foreign app id", other_app, 403, "forbidden"),
         ("stale timestamp", stale, 403, "forbidden"),
-        ("malformed XML", with_body(&plain, "<xml><MsgType>text</Content></xml>"), 400, "invalid_request"),
-        ("malformed JSON", with_body(&plain, &format!("{{\"Content\": {secret_text}")), 400, "invalid_request"),
-        ("neither Event nor MsgType", with_body(&plain, "{\"Content\":\"x\"}"), 400, "invalid_request"),
-        ("not UTF-8", PushRequest { body: String::from_utf8_lossy(&[0xff, 0xfe]).into_owned(), ..plain.clone() }, 400, "invalid_request"),
-        ("over the size cap", with_body(&plain, &format!("<xml><Content>{}</Content></xml>", "x".repeat(70_000))), 413, "payload_too_large"),
+        (
+            "malformed XML",
+            with_body(&plain, "<xml><MsgType>text</Content></xml>"),
+            400,
+            "invalid_request",
+        ),
+        (
+            "malformed JSON",
+            with_body(&plain, &format!("{{\"Content\": {secret_text}")),
+            400,
+            "invalid_request",
+        ),
+        (
+            "neither Event nor MsgType",
+            with_body(&plain, "{\"Content\":\"x\"}"),
+            400,
+            "invalid_request",
+        ),
+        (
+            "not UTF-8",
+            PushRequest {
+                body: String::from_utf8_lossy(&[0xff, 0xfe]).into_owned(),
+                ..plain.clone()
+            },
+            400,
+            "invalid_request",
+        ),
+        (
+            "over the size cap",
+            with_body(
+                &plain,
+                &format!("<xml><Content>{}</Content></xml>", "x".repeat(70_000)),
+            ),
+            413,
+            "payload_too_large",
+        ),
     ];
     for (what, req, status, code) in &cases {
         let r = post(&env, req).await;
-        assert_eq!((r.status, r.error_code().as_str()), (*status, *code), "{what}: {}", String::from_utf8_lossy(&r.body));
-        assert!(!String::from_utf8_lossy(&r.body).contains(secret_text), "{what}");
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (*status, *code),
+            "{what}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains(secret_text),
+            "{what}"
+        );
     }
     // A receiver whose EncodingAESKey is another one.
     let wrong_key = env.build_app_with(
-        &[("WECHAT_PUSH_AES_KEY", "zyxwvutsrqponmlkjihgfedcba9876543210ZYXWVUT")],
+        &[(
+            "WECHAT_PUSH_AES_KEY",
+            "zyxwvutsrqponmlkjihgfedcba9876543210ZYXWVUT",
+        )],
         env.store.clone(),
     );
     let r = post_to(&wrong_key, &safe).await;
     assert_eq!((r.status, r.error_code().as_str()), (403, "forbidden"));
     // A receiver with no key at all gets a safe-mode push.
     let mut pairs_no_key = env.build_app_with(&[], env.store.clone());
-    pairs_no_key.push = Some(wxmp::push::PushKeys::new(&SandboxConfig::default().push_token, None).unwrap());
+    pairs_no_key.push =
+        Some(wxmp::push::PushKeys::new(&SandboxConfig::default().push_token, None).unwrap());
     let r = post_to(&pairs_no_key, &safe).await;
     assert_eq!((r.status, r.error_code().as_str()), (403, "forbidden"));
-    assert!(bus.take_exactly(0).await.is_empty(), "nothing was published");
+    assert!(
+        bus.take_exactly(0).await.is_empty(),
+        "nothing was published"
+    );
     // The good push still goes through afterwards.
     assert_success(&post(&env, &safe).await);
     let got = bus.take_exactly(1).await;
@@ -269,7 +375,9 @@ async fn bad_pushes_are_refused_and_nothing_is_published() {
 async fn a_bus_failure_answers_503_and_wechats_retry_publishes() {
     let env = env().await;
     let bus = env.bus.as_ref().unwrap();
-    let req = env.sandbox().build_push(&spec(PushMode::Safe, PushFormat::Xml, text_message(7)));
+    let req = env
+        .sandbox()
+        .build_push(&spec(PushMode::Safe, PushFormat::Xml, text_message(7)));
     let broken = env.build_app_with(&[("EVENT_BUS_NAME", "no-such-bus")], env.store.clone());
     let broken = wxmp::App {
         events: Some(std::sync::Arc::new(wxmp::events::EventBridgeSink::new(
@@ -279,7 +387,12 @@ async fn a_bus_failure_answers_503_and_wechats_retry_publishes() {
         ..broken
     };
     let r = post_to(&broken, &req).await;
-    assert_eq!((r.status, r.error_code().as_str()), (503, "store_unavailable"), "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (503, "store_unavailable"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     // The claim was given back: WeChat's retry reaches the bus.
     assert_success(&post(&env, &req).await);
     let got = bus.take_exactly(1).await;
@@ -301,7 +414,10 @@ async fn the_sandbox_delivers_over_http_to_a_served_receiver() {
     let env = env().await;
     let bus = env.bus.as_ref().unwrap();
     let url = serve(&env).await;
-    for (mode, format) in [(PushMode::Safe, PushFormat::Xml), (PushMode::Compatible, PushFormat::Json)] {
+    for (mode, format) in [
+        (PushMode::Safe, PushFormat::Xml),
+        (PushMode::Compatible, PushFormat::Json),
+    ] {
         let (status, body) = env
             .sandbox()
             .push(&url, &spec(mode, format, text_message(format as u64 + 10)))

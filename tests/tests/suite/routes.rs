@@ -181,6 +181,10 @@ fn the_app_secret_is_in_secrets_manager_never_in_an_environment() {
             !text.contains("WeChatAppSecret") && !text.contains("WECHAT_SECRET:"),
             "{name:?} must not see the AppSecret"
         );
+        assert!(
+            !text.contains("PushToken") && !text.contains("PushAesKey"),
+            "{name:?} must not see the push Token or EncodingAESKey"
+        );
         if res["Type"].as_str() != Some("AWS::Serverless::Function") {
             continue;
         }
@@ -209,7 +213,7 @@ fn the_app_secret_is_in_secrets_manager_never_in_an_environment() {
             "{name:?}: that secret only"
         );
     }
-    assert_eq!(functions, 3);
+    assert_eq!(functions, 5);
     let secret = &doc["Resources"]["AppSecret"];
     assert_eq!(secret["Condition"].as_str(), Some("CreateSecret"));
 }

@@ -193,7 +193,10 @@ async fn claims_and_grants(store: Arc<dyn Store>, concurrent_updates_are_atomic:
     assert!(!store.claim("push#1", "b", 3000, 1999).await.unwrap());
     store.release_claim("push#1", "a").await.unwrap();
     assert!(store.claim("push#1", "b", 3000, 1999).await.unwrap());
-    assert!(store.claim("push#1", "c", 4000, 3000).await.unwrap(), "expired");
+    assert!(
+        store.claim("push#1", "c", 4000, 3000).await.unwrap(),
+        "expired"
+    );
     assert!(store.claim("push#2", "c", 4000, 3000).await.unwrap());
 
     let g = |t: &str, one_time, long_term| Grant {
@@ -205,20 +208,35 @@ async fn claims_and_grants(store: Arc<dyn Store>, concurrent_updates_are_atomic:
     assert_eq!(store.take_grant("o1", "T1").await.unwrap(), None);
     store.change_grant("o1", "T1", AddOneTime).await.unwrap();
     store.change_grant("o1", "T1", AddOneTime).await.unwrap();
-    store.change_grant("o1", "T0", LongTerm(true)).await.unwrap();
+    store
+        .change_grant("o1", "T0", LongTerm(true))
+        .await
+        .unwrap();
     store.change_grant("o2", "T1", AddOneTime).await.unwrap();
     assert_eq!(
         store.grants("o1").await.unwrap(),
         vec![g("T0", 0, true), g("T1", 2, false)]
     );
     // A standing grant is used without counting down; one-time grants count down to none.
-    assert_eq!(store.take_grant("o1", "T0").await.unwrap(), Some(Taken::LongTerm));
-    assert_eq!(store.take_grant("o1", "T1").await.unwrap(), Some(Taken::OneTime));
-    assert_eq!(store.take_grant("o1", "T1").await.unwrap(), Some(Taken::OneTime));
+    assert_eq!(
+        store.take_grant("o1", "T0").await.unwrap(),
+        Some(Taken::LongTerm)
+    );
+    assert_eq!(
+        store.take_grant("o1", "T1").await.unwrap(),
+        Some(Taken::OneTime)
+    );
+    assert_eq!(
+        store.take_grant("o1", "T1").await.unwrap(),
+        Some(Taken::OneTime)
+    );
     assert_eq!(store.take_grant("o1", "T1").await.unwrap(), None);
     assert_eq!(store.grants("o1").await.unwrap(), vec![g("T0", 0, true)]);
     store.change_grant("o1", "T0", AddOneTime).await.unwrap();
-    store.change_grant("o1", "T0", LongTerm(false)).await.unwrap();
+    store
+        .change_grant("o1", "T0", LongTerm(false))
+        .await
+        .unwrap();
     store.change_grant("o2", "T1", ClearOneTime).await.unwrap();
     store.change_grant("o2", "T1", ClearOneTime).await.unwrap();
     assert_eq!(store.grants("o1").await.unwrap(), vec![]);
