@@ -389,3 +389,75 @@ async fn a_closed_stdout_does_not_stop_the_server() {
     }
     assert!(child.try_wait().unwrap().is_none(), "still running");
 }
+
+/// The README's walk-through: the sandbox pushes an accepted popup (safe mode, XML) to the local
+/// server's `/push`, the local bus keeps the grant, a send put on the bus as another service
+/// would uses it, WeChat (the sandbox) receives the message, and the grant is gone.
+#[tokio::test]
+async fn a_pushed_popup_grant_is_used_by_one_send_on_the_local_bus() {
+    let server = LocalServer::start(&[]).await;
+    let token = token_of(&server.login("walkthrough.1").await);
+    let auth = format!("Bearer {token}");
+    let session = server
+        .request("GET", "/session", &[("authorization", &auth)], Vec::new())
+        .await;
+    let openid = session.json()["openid"].as_str().unwrap().to_string();
+    let template = "TPL_ORDER_SHIPPED_0000000000000000000000000";
+    let push = server
+        .post_json(
+            "/sandbox/_sandbox/push",
+            &json!({"url": format!("{}/push", server.base), "mode": "safe", "format": "xml",
+                "message": {"ToUserName": "gh_sandbox000001", "FromUserName": openid,
+                    "CreateTime": wxmp::now_secs(), "MsgType": "event",
+                    "Event": "subscribe_msg_popup_event",
+                    "List": [{"TemplateId": template, "SubscribeStatusString": "accept", "PopupScene": 0}]}}),
+        )
+        .await;
+    assert_eq!(push.json(), json!({"status": 200, "body": "success"}));
+    let grants = || async {
+        server
+            .request(
+                "GET",
+                "/subscriptions",
+                &[("authorization", &auth)],
+                Vec::new(),
+            )
+            .await
+            .json()["grants"]
+            .clone()
+    };
+    // The bus is asynchronous: the ledger follows within moments.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while grants().await == json!([]) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        grants().await,
+        json!([{"template_id": template, "one_time": 1, "long_term": false}])
+    );
+    let queued = server
+        .post_json(
+            "/_local/events",
+            &json!({"source": "shop", "detail-type": "wechat.subscribe.send",
+                "detail": {"openid": openid, "template_id": template,
+                    "data": {"thing1": {"value": "shipped"}}, "idempotency_key": "order-42"}}),
+        )
+        .await;
+    assert_eq!(queued.status, 202);
+    assert!(
+        server.wait_for_output("subscribe message sent").await,
+        "{}",
+        server.output()
+    );
+    let sent = server
+        .request(
+            "GET",
+            "/sandbox/_sandbox/subscribe_messages",
+            &[],
+            Vec::new(),
+        )
+        .await
+        .json();
+    assert_eq!(sent["messages"][0]["touser"], openid.as_str());
+    assert_eq!(grants().await, json!([]));
+}
