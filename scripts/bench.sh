@@ -19,7 +19,7 @@ start_moto
 # perf's overhead). BENCH_ONLY=<scenario>[,...] runs only those.
 profile="${BENCH_PROFILE:-release}"
 echo "== cargo build --profile $profile (the functions)"
-cargo build --profile "$profile" -p login -p qrcode -p token-refresher
+cargo build --profile "$profile" -p login -p qrcode -p token-refresher -p push
 echo "== cargo build --profile $profile (the echo floor and the bench)"
 cargo build --profile "$profile" -p e2e --bin echo-floor --bin bench
 "${CARGO_TARGET_DIR:-target}/$profile/bench"

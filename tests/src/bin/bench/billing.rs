@@ -313,6 +313,7 @@ fn only(what: &str) -> bool {
 pub async fn run() {
     let env = TestEnv::with(e2e::Options {
         bucket: true,
+        bus: true,
         ..Default::default()
     })
     .await;
@@ -490,6 +491,49 @@ pub async fn run() {
         );
     }
 
+    if only("push") {
+        // push: a safe-mode XML message push from WeChat (signature, AES, XML), claimed once in
+        // DynamoDB and put on the EventBridge bus. Each push a new message (no duplicates).
+        let count = n(2_000);
+        let push = |i: usize| {
+            let message = json!({"ToUserName": "gh_sandbox000001",
+                "FromUserName": "oBench00000000000000000000001", "CreateTime": 1_700_000_000u64 + i as u64,
+                "MsgType": "text", "Content": "hello", "MsgId": 24_000_000_000_000_000u64 + i as u64});
+            let req = sandbox.build_push(&wechat_sandbox::PushSpec {
+                mode: wechat_sandbox::PushMode::Safe,
+                format: wechat_sandbox::PushFormat::Xml,
+                message: message.as_object().unwrap().clone(),
+                timestamp: None,
+                nonce: None,
+            });
+            v2_event(
+                "POST",
+                &format!("/push?{}", req.query_string()),
+                &[("content-type", "text/xml")],
+                Some(req.body.as_bytes()),
+                false,
+            )
+        };
+        let c = cold(
+            Runner::Rust("push"),
+            &fenv,
+            starts,
+            &mut |i| push(1_000_000 + i),
+            "push (cold)",
+        )
+        .await;
+        let w = warm(
+            Runner::Rust("push"),
+            &fenv,
+            push(2_000_000),
+            count,
+            &mut |i| push(i),
+            "push",
+        )
+        .await;
+        figures("push: POST /push (safe)".into(), c, w, count + 1);
+    }
+
     if only("python login") {
         // The Python peer doing the same login.
         let count = n(2_000);
@@ -582,6 +626,19 @@ fn targets(all: &[Figures]) {
     row(
         "CPU per warm invocation, qrcode: code miss",
         format!("{:.3} ms", miss.cpu_per_warm.as_secs_f64() * 1e3),
+        "-",
+        None,
+    );
+    let push = get("push");
+    row(
+        "CPU per warm push (safe mode: check, decrypt, claim, PutEvents)",
+        format!("{:.3} ms", push.cpu_per_warm.as_secs_f64() * 1e3),
+        "<= 1 ms",
+        Some(push.cpu_per_warm <= Duration::from_millis(1)),
+    );
+    row(
+        "warm push p50 (round trip with one write and one PutEvents on moto)",
+        ms(push.warm_p50()),
         "-",
         None,
     );
