@@ -58,6 +58,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(k) = env("WECHAT_PUSH_AES_KEY") {
             cfg.push_aes_key = k;
         }
+        // The sandbox pushes finished media checks to this server, as WeChat to the console's URL.
+        cfg.push_url = Some(format!("http://127.0.0.1:{port}/push"));
         Sandbox::new(cfg)
     });
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::{Faults, PhoneSpec, PushSpec, Sandbox};
+use crate::{Faults, PhoneSpec, PushFormat, PushMode, PushSpec, Sandbox};
 
 pub(crate) fn router() -> Router<Sandbox> {
     Router::new()
@@ -56,6 +56,7 @@ pub(crate) fn router() -> Router<Sandbox> {
         .route("/_sandbox/secret", post(rotate_secret))
         .route("/_sandbox/push", post(push))
         .route("/_sandbox/grant", post(grant))
+        .route("/_sandbox/push_target", post(push_target))
         .route("/_sandbox/subscribe_messages", get(subscribe_messages))
 }
 
@@ -174,4 +175,19 @@ async fn grant(State(sb): State<Sandbox>, JsonBody(req): JsonBody<GrantRequest>)
 
 async fn subscribe_messages(State(sb): State<Sandbox>) -> Json<Value> {
     Json(json!({"messages": sb.subscribe_messages()}))
+}
+
+#[derive(Deserialize)]
+struct PushTarget {
+    url: String,
+    #[serde(default)]
+    mode: PushMode,
+    #[serde(default)]
+    format: PushFormat,
+}
+
+/// Where finished media checks are pushed (`wxa_media_check`), as the console's push URL.
+async fn push_target(State(sb): State<Sandbox>, JsonBody(t): JsonBody<PushTarget>) -> StatusCode {
+    sb.set_push_target(&t.url, t.mode, t.format);
+    StatusCode::NO_CONTENT
 }

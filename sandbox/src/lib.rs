@@ -26,6 +26,7 @@ mod faults;
 mod image;
 mod push;
 mod routes;
+mod security;
 mod state;
 mod subscribe;
 mod tokens;
@@ -79,6 +80,14 @@ pub struct SandboxConfig {
     pub subscribe_templates: Vec<String>,
     /// Long-term templates (sent without a grant).
     pub long_term_templates: Vec<String>,
+    /// Schemes and URL links allowed per UTC day, together (WeChat's 500,000); beyond, 45009.
+    pub link_daily_quota: u64,
+    /// Where finished media checks are pushed (`wxa_media_check`), and how; unset: not pushed.
+    pub push_url: Option<String>,
+    pub push_mode: PushMode,
+    pub push_format: PushFormat,
+    /// How long a media check takes before its push.
+    pub media_check_delay_ms: u64,
 }
 
 impl Default for SandboxConfig {
@@ -103,6 +112,11 @@ impl Default for SandboxConfig {
                 "TPL_BOOKING_REMINDER_000000000000000000000".to_owned(),
             ],
             long_term_templates: vec!["TPL_LONG_TERM_SERVICE_00000000000000000000".to_owned()],
+            link_daily_quota: 500_000,
+            push_url: None,
+            push_mode: PushMode::Safe,
+            push_format: PushFormat::Json,
+            media_check_delay_ms: 20,
         }
     }
 }
@@ -339,6 +353,12 @@ impl Sandbox {
         self.state()
             .subscriptions
             .grant(openid, template_id, count, standing);
+    }
+
+    /// Where finished media checks are pushed from now on (`wxa_media_check`), in `mode` and
+    /// `format`.
+    pub fn set_push_target(&self, url: &str, mode: PushMode, format: PushFormat) {
+        self.state().push_target = Some((url.to_string(), mode, format));
     }
 
     /// Every subscribe message sent so far (the request bodies WeChat accepted).

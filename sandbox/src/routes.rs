@@ -24,6 +24,11 @@ pub(crate) const STABLE_TOKEN: &str = "/cgi-bin/stable_token";
 pub(crate) const GETWXACODEUNLIMIT: &str = "/wxa/getwxacodeunlimit";
 pub(crate) const GETUSERPHONENUMBER: &str = "/wxa/business/getuserphonenumber";
 pub(crate) const SUBSCRIBE_SEND: &str = "/cgi-bin/message/subscribe/send";
+pub(crate) const MSG_SEC_CHECK: &str = "/wxa/msg_sec_check";
+pub(crate) const MEDIA_CHECK_ASYNC: &str = "/wxa/media_check_async";
+pub(crate) const GENERATESCHEME: &str = "/wxa/generatescheme";
+pub(crate) const GENERATE_URLLINK: &str = "/wxa/generate_urllink";
+pub(crate) const GENWXASHORTLINK: &str = "/wxa/genwxashortlink";
 
 pub(crate) fn router() -> Router<Sandbox> {
     Router::new()
@@ -33,6 +38,11 @@ pub(crate) fn router() -> Router<Sandbox> {
         .route(GETWXACODEUNLIMIT, any(getwxacodeunlimit))
         .route(GETUSERPHONENUMBER, any(getuserphonenumber))
         .route(SUBSCRIBE_SEND, any(subscribe_send))
+        .route(MSG_SEC_CHECK, any(msg_sec_check))
+        .route(MEDIA_CHECK_ASYNC, any(media_check_async))
+        .route(GENERATESCHEME, any(|sb, m, q, b| link(sb, m, q, b, GENERATESCHEME)))
+        .route(GENERATE_URLLINK, any(|sb, m, q, b| link(sb, m, q, b, GENERATE_URLLINK)))
+        .route(GENWXASHORTLINK, any(|sb, m, q, b| link(sb, m, q, b, GENWXASHORTLINK)))
 }
 
 /// Query parameters; a malformed query string reads as no parameters, as WeChat would then
@@ -360,6 +370,88 @@ async fn subscribe_send(
         authorize(st, &q)?;
         st.subscriptions.send(cfg, &body)?;
         Ok(Reply::Json(json!({"errcode": 0, "errmsg": "ok"}), JSON_CT))
+    })
+    .await
+}
+
+/// A random hex id (trace ids, link ids).
+fn random_id(len: usize) -> String {
+    let mut b = vec![0u8; len];
+    getrandom::fill(&mut b).expect("randomness");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn msg_sec_check(State(sb): State<Sandbox>, method: Method, q: Params, body: Bytes) -> Response {
+    let q = params(q);
+    let trace_id = random_id(12);
+    serve_call(&sb, MSG_SEC_CHECK, JSON_CT, |_, st| {
+        require_post(&method)?;
+        authorize(st, &q)?;
+        crate::security::msg_sec_check(&body, &trace_id).map(|v| Reply::Json(v, JSON_CT))
+    })
+    .await
+}
+
+async fn media_check_async(
+    State(sb): State<Sandbox>,
+    method: Method,
+    q: Params,
+    body: Bytes,
+) -> Response {
+    let q = params(q);
+    let trace_id = random_id(12);
+    let mut accepted = None;
+    let response = serve_call(&sb, MEDIA_CHECK_ASYNC, JSON_CT, |_, st| {
+        require_post(&method)?;
+        authorize(st, &q)?;
+        let check = crate::security::media_check_async(&body, &trace_id)?;
+        accepted = Some(check);
+        Ok(Reply::Json(
+            json!({"errcode": 0, "errmsg": "ok", "trace_id": trace_id}),
+            JSON_CT,
+        ))
+    })
+    .await;
+    // WeChat checks the media later and pushes the verdict to the push URL.
+    let target = sb.state().push_target.clone();
+    if let (Some(check), Some((url, mode, format))) = (accepted, target) {
+        let sb = sb.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(sb.config().media_check_delay_ms)).await;
+            let now = sb.state().clock.epoch_secs();
+            let message = crate::security::media_push(sb.config(), &check, now);
+            let spec = crate::PushSpec { mode, format, message, timestamp: None, nonce: None };
+            match crate::push::deliver(&url, &sb.build_push(&spec)).await {
+                Ok((status, _)) => tracing::info!(status, "media check result pushed"),
+                Err(e) => tracing::warn!(error = %e, "media check result could not be pushed"),
+            }
+        });
+    }
+    response
+}
+
+async fn link(
+    State(sb): State<Sandbox>,
+    method: Method,
+    q: Params,
+    body: Bytes,
+    path: &'static str,
+) -> Response {
+    let q = params(q);
+    let id = random_id(8);
+    serve_call(&sb, path, JSON_CT, |cfg, st| {
+        require_post(&method)?;
+        authorize(st, &q)?;
+        let now = st.clock.epoch_secs();
+        let day = st.clock.utc_day();
+        let api = match path {
+            GENERATESCHEME => "scheme",
+            GENERATE_URLLINK => "urllink",
+            _ => "shortlink",
+        };
+        st.links
+            .link(cfg, api, &body, now, day, &id)
+            .map(|v| Reply::Json(v, JSON_CT))
     })
     .await
 }

@@ -73,6 +73,9 @@ pub(crate) struct State {
     /// The app secret WeChat accepts now (rotated with `POST /_sandbox/secret`).
     pub secret: String,
     pub subscriptions: crate::subscribe::Subscriptions,
+    pub links: crate::security::LinkQuota,
+    /// Where media-check results are pushed (set at run time; else the config's `push_url`).
+    pub push_target: Option<(String, crate::PushMode, crate::PushFormat)>,
 }
 
 impl State {
@@ -88,6 +91,11 @@ impl State {
             rid_seq: 0,
             secret: cfg.secret.clone(),
             subscriptions: Default::default(),
+            links: Default::default(),
+            push_target: cfg
+                .push_url
+                .clone()
+                .map(|u| (u, cfg.push_mode, cfg.push_format)),
         }
     }
 

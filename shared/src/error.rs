@@ -74,7 +74,7 @@ impl ApiError {
             _ if err.is_transient() => ApiError::WeChatUnavailable(err),
             // An access token still rejected after the keeper refreshed it once.
             _ if err.is_token_rejected() => ApiError::WeChatUnavailable(err),
-            Some(45009 | 45011) => ApiError::RateLimited(err),
+            Some(45009 | 45011 | 44990) => ApiError::RateLimited(err),
             _ => ApiError::WeChat(err),
         }
     }
@@ -93,7 +93,7 @@ impl ApiError {
     pub fn from_token_fetch(err: WxError) -> Self {
         match err.errcode() {
             _ if err.is_transient() => ApiError::WeChatUnavailable(err),
-            Some(45009 | 45011) => ApiError::RateLimited(err),
+            Some(45009 | 45011 | 44990) => ApiError::RateLimited(err),
             _ => ApiError::WeChat(err),
         }
     }

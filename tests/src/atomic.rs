@@ -150,4 +150,19 @@ impl wxmp::store::MessageStore for AtomicDynamo {
     async fn grants(&self, openid: &str) -> Result<Vec<wxmp::store::Grant>, StoreError> {
         self.inner.grants(openid).await
     }
+    async fn merge_record(
+        &self,
+        key: &str,
+        fields: &serde_json::Map<String, serde_json::Value>,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        self.inner.merge_record(key, fields, expires_at).await
+    }
+    async fn get_record(
+        &self,
+        key: &str,
+        now: u64,
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, StoreError> {
+        self.inner.get_record(key, now).await
+    }
 }

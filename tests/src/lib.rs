@@ -62,6 +62,22 @@ macro_rules! delegate_message_store {
             ) -> Result<Vec<wxmp::store::Grant>, wxmp::store::StoreError> {
                 $inner.grants(openid).await
             }
+            async fn merge_record(
+                &$self,
+                key: &str,
+                fields: &serde_json::Map<String, serde_json::Value>,
+                expires_at: u64,
+            ) -> Result<(), wxmp::store::StoreError> {
+                $inner.merge_record(key, fields, expires_at).await
+            }
+            async fn get_record(
+                &$self,
+                key: &str,
+                now: u64,
+            ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, wxmp::store::StoreError>
+            {
+                $inner.get_record(key, now).await
+            }
         }
     };
 }

@@ -7,6 +7,8 @@
 //! contract's answer from [`fallback`]: 405 with `Allow` on a known path, 404 elsewhere. The one
 //! log line per request and the deadline guard are a layer ([`crate::http::layer`]).
 
+pub mod content;
+pub mod links;
 pub mod login;
 pub mod me;
 pub mod phone;
@@ -31,7 +33,9 @@ pub enum Surface {
     /// `POST /login`, `GET /session`, `DELETE /session`, `GET /me`, `PUT /me`,
     /// `GET /subscriptions` (the login function).
     Sessions,
-    /// `POST /qrcode`, `POST /phone` (the qrcode function).
+    /// `POST /qrcode`, `POST /phone`, `POST /content/check`, `POST /media/check`,
+    /// `GET /media/check/{trace_id}`, `POST /links` (the qrcode function: WeChat calls on the
+    /// central access token).
     Codes,
     /// `GET /push`, `POST /push` (the push function).
     Push,
@@ -57,6 +61,10 @@ pub const ROUTES: &[(&str, &str, Surface)] = &[
     ("GET", "/subscriptions", Surface::Sessions),
     ("POST", "/qrcode", Surface::Codes),
     ("POST", "/phone", Surface::Codes),
+    ("POST", "/content/check", Surface::Codes),
+    ("POST", "/media/check", Surface::Codes),
+    ("GET", "/media/check/{trace_id}", Surface::Codes),
+    ("POST", "/links", Surface::Codes),
     ("GET", "/push", Surface::Push),
     ("POST", "/push", Surface::Push),
 ];
@@ -73,6 +81,10 @@ pub fn router(app: Arc<App>, surface: Surface) -> Router {
     if surface.includes(Surface::Codes) {
         r = mount(r, "/qrcode", post(qrcode::qrcode));
         r = mount(r, "/phone", post(phone::phone));
+        r = mount(r, "/content/check", post(content::check_content));
+        r = mount(r, "/media/check", post(content::check_media));
+        r = mount(r, "/media/check/{trace_id}", get(content::media_result));
+        r = mount(r, "/links", post(links::create));
     }
     if surface.includes(Surface::Push) {
         r = mount(r, "/push", get(push::verify).post(push::receive));
@@ -96,7 +108,7 @@ pub async fn fallback(method: Method, uri: Uri) -> ApiError {
     let path = normalise(uri.path());
     let allow: Vec<&'static str> = ROUTES
         .iter()
-        .filter(|(_, p, _)| *p == path)
+        .filter(|(_, p, _)| matches(p, path))
         .map(|(m, _, _)| *m)
         .collect();
     if allow.is_empty() || allow.contains(&method.as_str()) {
@@ -106,6 +118,19 @@ pub async fn fallback(method: Method, uri: Uri) -> ApiError {
             method: method.to_string(),
             path: path.to_string(),
             allow,
+        }
+    }
+}
+
+/// Whether `path` is an instance of the route `pattern` (`{name}` matches one segment).
+fn matches(pattern: &str, path: &str) -> bool {
+    let (mut p, mut q) = (pattern.split('/'), path.split('/'));
+    loop {
+        match (p.next(), q.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a.starts_with('{') && a.ends_with('}') && !b.is_empty() => {}
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
         }
     }
 }

@@ -87,6 +87,13 @@ pub async fn receive(
         );
         return Ok(text("success".into()));
     }
+    // A media check's verdict is also kept for `GET /media/check/{trace_id}`.
+    if detail_type == "wxa_media_check"
+        && let Err(e) = crate::routes::content::store_media_verdict(&app, &opened.fields).await
+    {
+        let _ = app.store.release_claim(&key, &holder).await;
+        return Err(e);
+    }
     let event = BusEvent::new(PUSH_SOURCE, &detail_type, Value::Object(opened.fields));
     if let Err(e) = events.put(event).await {
         if let Err(r) = app.store.release_claim(&key, &holder).await {

@@ -6,6 +6,7 @@
 //! - `lease#<name>`: holder, until_ms, expires_at (TTL)
 //! - `quota#<name>`: used, expires_at (TTL)
 //! - `claim#<key>`: holder, expires_at (TTL): a push or an event already handled
+//! - `record#<key>`: `f:<field>` (strings and numbers), expires_at (TTL): media checks, links
 //! - `grants#<openid>`: `o:<template id>` (one-time grants left), `l:<template id>` (standing)
 //!
 //! Requests are DynamoDB's JSON documents (`crate::aws::DynamoDb`). Every request is marked as a
@@ -520,6 +521,65 @@ impl MessageStore for DynamoStore {
             )
             .await?;
         Ok(taken.then_some(Taken::OneTime))
+    }
+
+    async fn merge_record(
+        &self,
+        key: &str,
+        fields: &Map<String, Value>,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        let mut sets = vec!["expires_at = :exp".to_string()];
+        let mut names = Map::new();
+        let mut values = Map::new();
+        values.insert(":exp".into(), n(expires_at));
+        for (i, (k, v)) in fields.iter().enumerate() {
+            let value = match v {
+                Value::String(t) => s(t.clone()),
+                Value::Number(num) => json!({ "N": num.to_string() }),
+                Value::Bool(b) => json!({ "BOOL": b }),
+                _ => continue,
+            };
+            sets.push(format!("#f{i} = :f{i}"));
+            names.insert(format!("#f{i}"), json!(format!("f:{k}")));
+            values.insert(format!(":f{i}"), value);
+        }
+        let mut request = json!({
+            "Key": { "pk": s(record_pk(key)) },
+            "UpdateExpression": format!("SET {}", sets.join(", ")),
+            "ExpressionAttributeValues": values,
+        });
+        if !names.is_empty() {
+            request["ExpressionAttributeNames"] = Value::Object(names);
+        }
+        self.call("UpdateItem", request).await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn get_record(&self, key: &str, now: u64) -> Result<Option<Map<String, Value>>, StoreError> {
+        let Some(item) = self.get(record_pk(key)).await? else {
+            return Ok(None);
+        };
+        if get_n(&item, "expires_at").is_none_or(|e| e <= now) {
+            return Ok(None);
+        }
+        let mut fields = Map::new();
+        for (name, v) in &item {
+            let Some(field) = name.strip_prefix("f:") else {
+                continue;
+            };
+            let value = if let Some(t) = v.get("S").and_then(Value::as_str) {
+                json!(t)
+            } else if let Some(num) = v.get("N").and_then(Value::as_str) {
+                serde_json::from_str(num).unwrap_or(Value::Null)
+            } else if let Some(b) = v.get("BOOL").and_then(Value::as_bool) {
+                json!(b)
+            } else {
+                continue;
+            };
+            fields.insert(field.to_string(), value);
+        }
+        Ok(Some(fields))
     }
 
     async fn grants(&self, openid: &str) -> Result<Vec<Grant>, StoreError> {

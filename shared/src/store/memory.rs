@@ -22,6 +22,8 @@ struct Inner {
     quotas: HashMap<String, (u32, u64)>,
     /// key -> (holder, expires_at)
     claims: HashMap<String, (String, u64)>,
+    /// key -> (fields, expires_at)
+    records: HashMap<String, (serde_json::Map<String, serde_json::Value>, u64)>,
     /// openid -> template id -> (one-time grants, long-term)
     grants: HashMap<String, std::collections::BTreeMap<String, (u32, bool)>>,
 }
@@ -284,6 +286,34 @@ impl MessageStore for MemoryStore {
         } else {
             None
         })
+    }
+
+    async fn merge_record(
+        &self,
+        key: &str,
+        fields: &serde_json::Map<String, serde_json::Value>,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        let entry = g.records.entry(key.to_string()).or_default();
+        for (k, v) in fields {
+            entry.0.insert(k.clone(), v.clone());
+        }
+        entry.1 = expires_at;
+        Ok(())
+    }
+
+    async fn get_record(
+        &self,
+        key: &str,
+        now: u64,
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, StoreError> {
+        Ok(self
+            .lock()
+            .records
+            .get(key)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(f, _)| f.clone()))
     }
 
     async fn grants(&self, openid: &str) -> Result<Vec<Grant>, StoreError> {

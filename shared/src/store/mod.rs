@@ -180,6 +180,21 @@ pub trait MessageStore: Send + Sync {
     ) -> Result<Option<Taken>, StoreError>;
     /// The user's grants, templates with nothing left omitted, by template id.
     async fn grants(&self, openid: &str) -> Result<Vec<Grant>, StoreError>;
+    /// Sets `fields` (strings and numbers) of the record `key`, the others kept, and its expiry
+    /// (epoch seconds). Two writers of different fields (a media check's owner, its verdict
+    /// from a push) never undo each other, whichever comes first.
+    async fn merge_record(
+        &self,
+        key: &str,
+        fields: &serde_json::Map<String, serde_json::Value>,
+        expires_at: u64,
+    ) -> Result<(), StoreError>;
+    /// The record `key`'s fields, unless it is missing or expired at `now`.
+    async fn get_record(
+        &self,
+        key: &str,
+        now: u64,
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, StoreError>;
 }
 
 /// Everything the functions keep, in one object (both implementations provide all of it).
@@ -200,6 +215,9 @@ pub(crate) fn lease_pk(name: &str) -> String {
 }
 pub(crate) fn claim_pk(key: &str) -> String {
     format!("claim#{key}")
+}
+pub(crate) fn record_pk(key: &str) -> String {
+    format!("record#{key}")
 }
 pub(crate) fn grants_pk(openid: &str) -> String {
     format!("grants#{openid}")

@@ -13,6 +13,7 @@ mod code;
 mod error;
 mod login;
 mod phone;
+mod security;
 mod subscribe;
 mod token;
 mod transport;
@@ -25,6 +26,7 @@ pub use code::Image;
 pub use error::{TOKEN_REJECTED, WxError};
 pub use login::Code2Session;
 pub use phone::PhoneInfo;
+pub use security::LinkApi;
 pub use token::FetchedToken;
 
 use crate::config::Credentials;
