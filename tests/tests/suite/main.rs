@@ -4,6 +4,7 @@
 
 mod aws_signing;
 mod cargo_lambda_watch;
+mod content;
 mod keeper;
 mod lambda_login;
 mod lambda_push;
