@@ -83,11 +83,12 @@ echo "== logged in (the run logs out through DELETE /session; later calls then g
 
 # Run settings. WeChat itself may refuse a schema-valid code request (a page the published
 # mini-program lacks: 41030) or phone code (used or unknown: 40029): 400 with `wechat_errcode`.
-# Those two operations may answer 400 to valid data, and the hook below fails any such 400 the
+# Links likewise (a page not published: 40165; the trial version: 85079). Those operations may
+# answer 400 to valid data, and the hook below fails any such 400 the
 # server gave on its own (no `wechat_errcode`), so its validation is still held to the schema.
 cat >"$work/schemathesis.toml" <<'EOF'
 [[operations]]
-include-path-regex = "^/(qrcode|phone)$"
+include-path-regex = "^/(qrcode|phone|links)$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429", "5xx"]
 EOF
 cat >"$work/conformance_hooks.py" <<'EOF'
@@ -105,6 +106,10 @@ def wechat_refused_valid_data(ctx, response, case):
         error = response.json()["error"]
     except Exception:
         error = {}
+    # The one rule of the server's that the schema cannot state: a link's expiry time must be in
+    # the next 30 days (it depends on the clock); the schema's description says so.
+    if case.path == "/links" and error.get("message", "").startswith("expire.value must be a Unix time"):
+        return None
     if "wechat_errcode" not in error:
         raise AssertionError(
             f"the server refused schema-valid data on its own: {error.get('message', response.text)}"

@@ -461,3 +461,89 @@ async fn a_pushed_popup_grant_is_used_by_one_send_on_the_local_bus() {
     assert_eq!(sent["messages"][0]["touser"], openid.as_str());
     assert_eq!(grants().await, json!([]));
 }
+
+/// An HTTPS media server (a private CA's certificate for `localhost`) that answers a HEAD with
+/// `length` bytes; the CA's PEM to trust it.
+async fn https_media_server(length: u64) -> (u16, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "media test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = [0u8; 4096];
+                let _ = tls.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: image/jpeg\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n"
+                );
+                let _ = tls.write_all(head.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (port, ca.pem())
+}
+
+/// Media over WeChat's 10 MB is refused before WeChat is called: the server asks the media's
+/// host for its size (HEAD, over verified TLS).
+#[tokio::test]
+async fn media_over_ten_megabytes_is_refused_before_wechat_is_called() {
+    let (big, ca) = https_media_server(10 * 1024 * 1024 + 1).await;
+    let ca_file = std::env::temp_dir().join(format!("media-ca-{big}.pem"));
+    std::fs::write(&ca_file, ca).unwrap();
+    let server = LocalServer::start(&[("SSL_CERT_FILE".into(), ca_file.display().to_string())]).await;
+    let token = token_of(&server.login("media.1").await);
+    let auth = format!("Bearer {token}");
+    let check = |url: String| {
+        let body = json!({"media_url": url, "media_type": 2, "scene": 1}).to_string();
+        let auth = auth.clone();
+        let server = &server;
+        async move {
+            server
+                .request("POST", "/media/check", &[("authorization", &auth)], body.into_bytes())
+                .await
+        }
+    };
+    let r = check(format!("https://localhost:{big}/big.jpg")).await;
+    r.assert_error(400, "invalid_request");
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("10 MB") && message.contains("media_url"), "{message}");
+    let (small, _) = https_media_server(1024).await;
+    // The small server's certificate is from another CA: unverifiable, so its size is unknown
+    // and WeChat decides (202). A size the server states within the limit passes the same way.
+    let r = check(format!("https://localhost:{small}/small.jpg")).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let stats = server
+        .request("GET", "/sandbox/_sandbox/stats", &[], Vec::new())
+        .await
+        .json();
+    assert_eq!(stats["calls"]["/wxa/media_check_async"], 1, "{stats}");
+}
