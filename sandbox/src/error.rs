@@ -52,8 +52,10 @@ pub(crate) const INVALID_TOKEN: WxError = WxError::new(
 );
 pub(crate) const INVALID_LINK_PATH: WxError = WxError::new(40165, "invalid weapp pagepath");
 pub(crate) const INVALID_LINK_QUERY: WxError = WxError::new(40212, "invalid query");
-pub(crate) const INVALID_EXPIRE: WxError = WxError::new(85401, "time limit between 1min and 30days");
-pub(crate) const VERSION_NOT_PUBLISHED: WxError = WxError::new(85079, "miniprogram has no online release");
+pub(crate) const INVALID_EXPIRE: WxError =
+    WxError::new(85401, "time limit between 1min and 30days");
+pub(crate) const VERSION_NOT_PUBLISHED: WxError =
+    WxError::new(85079, "miniprogram has no online release");
 pub(crate) const INVALID_OPENID: WxError = WxError::new(40003, "invalid openid");
 pub(crate) const INVALID_TEMPLATE: WxError = WxError::new(40037, "invalid template_id");
 pub(crate) const USER_REFUSED: WxError = WxError::new(43101, "user refuse to accept the msg");

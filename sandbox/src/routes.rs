@@ -40,9 +40,18 @@ pub(crate) fn router() -> Router<Sandbox> {
         .route(SUBSCRIBE_SEND, any(subscribe_send))
         .route(MSG_SEC_CHECK, any(msg_sec_check))
         .route(MEDIA_CHECK_ASYNC, any(media_check_async))
-        .route(GENERATESCHEME, any(|sb, m, q, b| link(sb, m, q, b, GENERATESCHEME)))
-        .route(GENERATE_URLLINK, any(|sb, m, q, b| link(sb, m, q, b, GENERATE_URLLINK)))
-        .route(GENWXASHORTLINK, any(|sb, m, q, b| link(sb, m, q, b, GENWXASHORTLINK)))
+        .route(
+            GENERATESCHEME,
+            any(|sb, m, q, b| link(sb, m, q, b, GENERATESCHEME)),
+        )
+        .route(
+            GENERATE_URLLINK,
+            any(|sb, m, q, b| link(sb, m, q, b, GENERATE_URLLINK)),
+        )
+        .route(
+            GENWXASHORTLINK,
+            any(|sb, m, q, b| link(sb, m, q, b, GENWXASHORTLINK)),
+        )
 }
 
 /// Query parameters; a malformed query string reads as no parameters, as WeChat would then
@@ -381,7 +390,12 @@ fn random_id(len: usize) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-async fn msg_sec_check(State(sb): State<Sandbox>, method: Method, q: Params, body: Bytes) -> Response {
+async fn msg_sec_check(
+    State(sb): State<Sandbox>,
+    method: Method,
+    q: Params,
+    body: Bytes,
+) -> Response {
     let q = params(q);
     let trace_id = random_id(12);
     serve_call(&sb, MSG_SEC_CHECK, JSON_CT, |_, st| {
@@ -417,10 +431,19 @@ async fn media_check_async(
     if let (Some(check), Some((url, mode, format))) = (accepted, target) {
         let sb = sb.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(sb.config().media_check_delay_ms)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(
+                sb.config().media_check_delay_ms,
+            ))
+            .await;
             let now = sb.state().clock.epoch_secs();
             let message = crate::security::media_push(sb.config(), &check, now);
-            let spec = crate::PushSpec { mode, format, message, timestamp: None, nonce: None };
+            let spec = crate::PushSpec {
+                mode,
+                format,
+                message,
+                timestamp: None,
+                nonce: None,
+            };
             match crate::push::deliver(&url, &sb.build_push(&spec)).await {
                 Ok((status, _)) => tracing::info!(status, "media check result pushed"),
                 Err(e) => tracing::warn!(error = %e, "media check result could not be pushed"),

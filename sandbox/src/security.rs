@@ -85,7 +85,11 @@ pub(crate) fn media_check_async(body: &[u8], trace_id: &str) -> Result<MediaChec
 }
 
 /// The `wxa_media_check` push for a finished check.
-pub(crate) fn media_push(cfg: &SandboxConfig, c: &MediaCheck, now: u64) -> serde_json::Map<String, Value> {
+pub(crate) fn media_push(
+    cfg: &SandboxConfig,
+    c: &MediaCheck,
+    now: u64,
+) -> serde_json::Map<String, Value> {
     json!({
         "ToUserName": cfg.original_id, "FromUserName": c.openid, "CreateTime": now,
         "MsgType": "event", "Event": "wxa_media_check", "appid": cfg.appid,
@@ -166,7 +170,11 @@ impl LinkQuota {
         let v: Value = serde_json::from_slice(body).map_err(|_| error::DATA_FORMAT)?;
         match api {
             "scheme" | "urllink" => {
-                let target = if api == "scheme" { v.get("jump_wxa").cloned().unwrap_or(json!({})) } else { v.clone() };
+                let target = if api == "scheme" {
+                    v.get("jump_wxa").cloned().unwrap_or(json!({}))
+                } else {
+                    v.clone()
+                };
                 let path = target.get("path").and_then(Value::as_str).unwrap_or("");
                 check_page(cfg, path)?;
                 if !allowed_query(target.get("query").and_then(Value::as_str).unwrap_or("")) {

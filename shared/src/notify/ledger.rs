@@ -85,16 +85,35 @@ mod tests {
         let popup = "subscribe_msg_popup_event";
         let change = "subscribe_msg_change_event";
         let sent = "subscribe_msg_sent_event";
-        assert_eq!(change_of(popup, &item("accept")), Some(GrantChange::AddOneTime));
-        assert_eq!(change_of(popup, &item("reject")), Some(GrantChange::ClearOneTime));
-        assert_eq!(change_of(popup, &item("ban")), Some(GrantChange::ClearOneTime));
-        assert_eq!(change_of(change, &item("accept")), Some(GrantChange::LongTerm(true)));
-        assert_eq!(change_of(change, &item("reject")), Some(GrantChange::LongTerm(false)));
+        assert_eq!(
+            change_of(popup, &item("accept")),
+            Some(GrantChange::AddOneTime)
+        );
+        assert_eq!(
+            change_of(popup, &item("reject")),
+            Some(GrantChange::ClearOneTime)
+        );
+        assert_eq!(
+            change_of(popup, &item("ban")),
+            Some(GrantChange::ClearOneTime)
+        );
+        assert_eq!(
+            change_of(change, &item("accept")),
+            Some(GrantChange::LongTerm(true))
+        );
+        assert_eq!(
+            change_of(change, &item("reject")),
+            Some(GrantChange::LongTerm(false))
+        );
         assert_eq!(change_of(popup, &item("maybe")), None);
         assert_eq!(change_of("other_event", &item("accept")), None);
-        let delivered = json!({"TemplateId": "T", "MsgID": 1, "ErrorCode": 0, "ErrorStatus": "success"});
+        let delivered =
+            json!({"TemplateId": "T", "MsgID": 1, "ErrorCode": 0, "ErrorStatus": "success"});
         assert_eq!(change_of(sent, &delivered), None);
-        for refused in [json!({"TemplateId": "T", "ErrorCode": 43101}), json!({"TemplateId": "T", "ErrorCode": "43101"})] {
+        for refused in [
+            json!({"TemplateId": "T", "ErrorCode": 43101}),
+            json!({"TemplateId": "T", "ErrorCode": "43101"}),
+        ] {
             assert_eq!(change_of(sent, &refused), Some(GrantChange::ClearOneTime));
         }
     }

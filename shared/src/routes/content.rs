@@ -59,7 +59,9 @@ impl TryFrom<String> for CheckedText {
     fn try_from(s: String) -> Result<Self, String> {
         let n = s.chars().count();
         if n == 0 || n > MAX_CONTENT_CHARS {
-            return Err(format!("content must be 1 to {MAX_CONTENT_CHARS} characters"));
+            return Err(format!(
+                "content must be 1 to {MAX_CONTENT_CHARS} characters"
+            ));
         }
         Ok(CheckedText(s))
     }
@@ -122,7 +124,11 @@ pub async fn check_content(
         "scene": req.scene.0,
         "content": req.content.0,
     });
-    for (k, v) in [("title", &req.title), ("nickname", &req.nickname), ("signature", &req.signature)] {
+    for (k, v) in [
+        ("title", &req.title),
+        ("nickname", &req.nickname),
+        ("signature", &req.signature),
+    ] {
         if let Some(v) = v {
             body[k] = json!(v.0);
         }
@@ -167,7 +173,9 @@ fn is_media_url(s: &str) -> bool {
     };
     s.len() <= 2048
         && !host.is_empty()
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
         && port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
         && path.bytes().all(|b| b.is_ascii_graphic())
 }
@@ -267,7 +275,11 @@ pub async fn check_media(
     let mut owner = Map::new();
     owner.insert("openid".into(), json!(user.openid));
     app.store
-        .merge_record(&media_key(&trace_id), &owner, crate::now_secs() + MEDIA_RESULT_SECS)
+        .merge_record(
+            &media_key(&trace_id),
+            &owner,
+            crate::now_secs() + MEDIA_RESULT_SECS,
+        )
         .await?;
     Ok(json_response(StatusCode::ACCEPTED, &json!({ "trace_id": trace_id })).into_response())
 }
@@ -296,7 +308,10 @@ pub async fn media_result(
     if record.get("openid").and_then(Value::as_str) != Some(user.openid.as_str()) {
         return Err(not_found());
     }
-    let suggest = record.get("suggest").and_then(Value::as_str).map(str::to_string);
+    let suggest = record
+        .get("suggest")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     Ok(Reply(MediaStatus {
         status: if suggest.is_some() { "done" } else { "pending" },
         label: suggest.as_ref().and(record.get("label").cloned()),
@@ -306,7 +321,11 @@ pub async fn media_result(
 
 /// The push receiver's part: a `wxa_media_check` push's verdict, stored by its `trace_id`.
 pub async fn store_media_verdict(app: &App, push: &Map<String, Value>) -> Result<(), ApiError> {
-    let Some(trace_id) = push.get("trace_id").and_then(Value::as_str).filter(|t| !t.is_empty() && t.len() <= 128) else {
+    let Some(trace_id) = push
+        .get("trace_id")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty() && t.len() <= 128)
+    else {
         return Ok(());
     };
     let result = push.get("result").cloned().unwrap_or(Value::Null);
@@ -315,11 +334,18 @@ pub async fn store_media_verdict(app: &App, push: &Map<String, Value>) -> Result
     };
     let mut verdict = Map::new();
     verdict.insert("suggest".into(), json!(suggest));
-    if let Some(label) = result.get("label").filter(|l| l.is_number() || l.is_string()) {
+    if let Some(label) = result
+        .get("label")
+        .filter(|l| l.is_number() || l.is_string())
+    {
         verdict.insert("label".into(), label.clone());
     }
     app.store
-        .merge_record(&media_key(trace_id), &verdict, crate::now_secs() + MEDIA_RESULT_SECS)
+        .merge_record(
+            &media_key(trace_id),
+            &verdict,
+            crate::now_secs() + MEDIA_RESULT_SECS,
+        )
         .await?;
     Ok(())
 }

@@ -58,8 +58,14 @@ pub struct LinkPath(String);
 impl TryFrom<String> for LinkPath {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        if s.starts_with('/') || s.len() > 1024 || !s.bytes().all(|b| b.is_ascii_graphic() && b != b'?') {
-            return Err("path must be a page path without a leading / (at most 1024 characters, no query)".into());
+        if s.starts_with('/')
+            || s.len() > 1024
+            || !s.bytes().all(|b| b.is_ascii_graphic() && b != b'?')
+        {
+            return Err(
+                "path must be a page path without a leading / (at most 1024 characters, no query)"
+                    .into(),
+            );
         }
         Ok(LinkPath(s))
     }
@@ -135,18 +141,26 @@ impl LinkRequest {
     fn check(&self, now: u64) -> Result<Option<u64>, ApiError> {
         if self.kind == Kind::ShortLink {
             if self.expire.is_some() || self.env_version.is_some() {
-                return Err(invalid("expire and env_version do not apply to a short_link"));
+                return Err(invalid(
+                    "expire and env_version do not apply to a short_link",
+                ));
             }
             if self.path.0.is_empty() {
                 return Err(invalid("path is required for a short_link"));
             }
-            if self.page_title.as_ref().is_some_and(|t| t.chars().count() > 64) {
+            if self
+                .page_title
+                .as_ref()
+                .is_some_and(|t| t.chars().count() > 64)
+            {
                 return Err(invalid("page_title must be at most 64 characters"));
             }
             return Ok((!self.is_permanent.unwrap_or(false)).then_some(now + MAX_EXPIRE_DAYS * DAY));
         }
         if self.page_title.is_some() || self.is_permanent.is_some() {
-            return Err(invalid("page_title and is_permanent apply to a short_link only"));
+            return Err(invalid(
+                "page_title and is_permanent apply to a short_link only",
+            ));
         }
         let expire = self.expire.unwrap_or(Expire {
             kind: ExpireType::Interval,
@@ -156,8 +170,12 @@ impl LinkRequest {
             ExpireType::Interval if (1..=MAX_EXPIRE_DAYS).contains(&expire.value) => {
                 Ok(Some(now + expire.value * DAY))
             }
-            ExpireType::Interval => Err(invalid("expire.value must be 1 to 30 days for an interval")),
-            ExpireType::Time if expire.value > now && expire.value <= now + MAX_EXPIRE_DAYS * DAY => {
+            ExpireType::Interval => {
+                Err(invalid("expire.value must be 1 to 30 days for an interval"))
+            }
+            ExpireType::Time
+                if expire.value > now && expire.value <= now + MAX_EXPIRE_DAYS * DAY =>
+            {
                 Ok(Some(expire.value))
             }
             ExpireType::Time => Err(invalid(
@@ -178,7 +196,10 @@ impl LinkRequest {
     fn body(&self, expires_at: Option<u64>, now: u64) -> (LinkApi, Value) {
         let expiry = |body: &mut Value| {
             match self.expire {
-                Some(Expire { kind: ExpireType::Time, value }) => {
+                Some(Expire {
+                    kind: ExpireType::Time,
+                    value,
+                }) => {
                     body["expire_type"] = json!(0);
                     body["expire_time"] = json!(value);
                 }
@@ -226,13 +247,26 @@ impl LinkRequest {
     fn cache_key(&self, app: &App) -> String {
         let expire = match self.kind {
             Kind::ShortLink => Value::Null,
-            _ => json!(self.expire.map(|e| (e.kind, e.value)).unwrap_or((ExpireType::Interval, MAX_EXPIRE_DAYS))),
+            _ => json!(
+                self.expire
+                    .map(|e| (e.kind, e.value))
+                    .unwrap_or((ExpireType::Interval, MAX_EXPIRE_DAYS))
+            ),
         };
         let basis = json!([
-            app.config.wechat.appid, self.kind, self.path.0, self.query.0, self.env(), expire,
-            self.page_title, self.is_permanent.unwrap_or(false),
+            app.config.wechat.appid,
+            self.kind,
+            self.path.0,
+            self.query.0,
+            self.env(),
+            expire,
+            self.page_title,
+            self.is_permanent.unwrap_or(false),
         ]);
-        format!("link#{}", crate::ids::sha256_hex(basis.to_string().as_bytes()))
+        format!(
+            "link#{}",
+            crate::ids::sha256_hex(basis.to_string().as_bytes())
+        )
     }
 }
 
@@ -271,7 +305,13 @@ pub async fn create(
         Ok(Some(hit)) => {
             if let Some(link) = hit.get("link").and_then(Value::as_str) {
                 let expires_at = hit.get("link_expires_at").and_then(Value::as_u64);
-                return Ok(answer(LinkResponse { link: link.to_string(), expires_at }, "hit"));
+                return Ok(answer(
+                    LinkResponse {
+                        link: link.to_string(),
+                        expires_at,
+                    },
+                    "hit",
+                ));
             }
         }
         Ok(None) => {}
@@ -294,7 +334,11 @@ pub async fn create(
     // The link is made: a store failure only costs the next request a WeChat call.
     if let Err(e) = app
         .store
-        .merge_record(&key, &record, expires_at.unwrap_or(now + PERMANENT_KEEP_SECS))
+        .merge_record(
+            &key,
+            &record,
+            expires_at.unwrap_or(now + PERMANENT_KEEP_SECS),
+        )
         .await
     {
         tracing::warn!(error = %e, "link not cached");

@@ -556,7 +556,11 @@ impl MessageStore for DynamoStore {
         Ok(())
     }
 
-    async fn get_record(&self, key: &str, now: u64) -> Result<Option<Map<String, Value>>, StoreError> {
+    async fn get_record(
+        &self,
+        key: &str,
+        now: u64,
+    ) -> Result<Option<Map<String, Value>>, StoreError> {
         let Some(item) = self.get(record_pk(key)).await? else {
             return Ok(None);
         };

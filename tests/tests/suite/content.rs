@@ -40,14 +40,28 @@ async fn content_verdicts_are_answers_not_errors() {
         ("please review this", "review", 10001),
         ("something risky", "risky", 20002),
     ] {
-        let r = post(&env, "/content/check", &token, json!({"content": text, "scene": 2})).await;
+        let r = post(
+            &env,
+            "/content/check",
+            &token,
+            json!({"content": text, "scene": 2}),
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         let v = r.json();
-        assert_eq!((v["suggest"].as_str(), v["label"].as_u64()), (Some(suggest), Some(label)));
+        assert_eq!(
+            (v["suggest"].as_str(), v["label"].as_u64()),
+            (Some(suggest), Some(label))
+        );
         assert!(v["trace_id"].as_str().is_some_and(|t| !t.is_empty()));
     }
-    let r = post(&env, "/content/check", &token,
-        json!({"content": "hi", "scene": 1, "title": "t", "nickname": "n", "signature": "s"})).await;
+    let r = post(
+        &env,
+        "/content/check",
+        &token,
+        json!({"content": "hi", "scene": 1, "title": "t", "nickname": "n", "signature": "s"}),
+    )
+    .await;
     assert_eq!(r.status, 200);
 }
 
@@ -57,30 +71,86 @@ async fn content_and_media_requests_are_checked_before_wechat_is_called() {
     let token = env.login("checker").await;
     let long = "字".repeat(2501);
     let cases = [
-        ("/content/check", json!({"content": "", "scene": 1}), "content"),
-        ("/content/check", json!({"content": long, "scene": 1}), "content"),
-        ("/content/check", json!({"content": "x", "scene": 5}), "scene"),
-        ("/content/check", json!({"content": "x", "scene": 0}), "scene"),
+        (
+            "/content/check",
+            json!({"content": "", "scene": 1}),
+            "content",
+        ),
+        (
+            "/content/check",
+            json!({"content": long, "scene": 1}),
+            "content",
+        ),
+        (
+            "/content/check",
+            json!({"content": "x", "scene": 5}),
+            "scene",
+        ),
+        (
+            "/content/check",
+            json!({"content": "x", "scene": 0}),
+            "scene",
+        ),
         ("/content/check", json!({"content": "x"}), "scene"),
-        ("/content/check", json!({"content": "x", "scene": 1, "title": "t".repeat(257)}), "title"),
-        ("/content/check", json!({"content": "x", "scene": 1, "extra": 1}), "extra"),
-        ("/media/check", json!({"media_url": "http://media.invalid/a.jpg", "media_type": 2, "scene": 1}), "media_url"),
-        ("/media/check", json!({"media_url": "https://", "media_type": 2, "scene": 1}), "media_url"),
-        ("/media/check", json!({"media_url": "https://media.invalid/a.jpg", "media_type": 3, "scene": 1}), "media_type"),
-        ("/media/check", json!({"media_url": "https://media.invalid/a.jpg", "media_type": 2, "scene": 9}), "scene"),
+        (
+            "/content/check",
+            json!({"content": "x", "scene": 1, "title": "t".repeat(257)}),
+            "title",
+        ),
+        (
+            "/content/check",
+            json!({"content": "x", "scene": 1, "extra": 1}),
+            "extra",
+        ),
+        (
+            "/media/check",
+            json!({"media_url": "http://media.invalid/a.jpg", "media_type": 2, "scene": 1}),
+            "media_url",
+        ),
+        (
+            "/media/check",
+            json!({"media_url": "https://", "media_type": 2, "scene": 1}),
+            "media_url",
+        ),
+        (
+            "/media/check",
+            json!({"media_url": "https://media.invalid/a.jpg", "media_type": 3, "scene": 1}),
+            "media_type",
+        ),
+        (
+            "/media/check",
+            json!({"media_url": "https://media.invalid/a.jpg", "media_type": 2, "scene": 9}),
+            "scene",
+        ),
     ];
     for (path, body, field) in cases {
         let r = post(&env, path, &token, body.clone()).await;
         let e = assert_error(&r, 400, "invalid_request");
-        assert!(e["message"].as_str().unwrap().contains(field), "{path} {body}: {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains(field),
+            "{path} {body}: {e}"
+        );
     }
     // Exactly 2,500 characters is allowed.
-    let r = post(&env, "/content/check", &token, json!({"content": "字".repeat(2500), "scene": 1})).await;
+    let r = post(
+        &env,
+        "/content/check",
+        &token,
+        json!({"content": "字".repeat(2500), "scene": 1}),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(env.calls(MSG_SEC_CHECK), 1);
     assert_eq!(env.calls(MEDIA_CHECK), 0);
     // Without a session: 401 before anything.
-    let r = env.call("POST", "/content/check", None, br#"{"content":"x","scene":1}"#).await;
+    let r = env
+        .call(
+            "POST",
+            "/content/check",
+            None,
+            br#"{"content":"x","scene":1}"#,
+        )
+        .await;
     assert_error(&r, 401, "unauthenticated");
 }
 
@@ -103,14 +173,28 @@ async fn wechat_errcodes_map_to_the_contract_and_busy_or_stale_tokens_are_retrie
     }
     env.script(MEDIA_CHECK, 40003, 1);
     let media = json!({"media_url": "https://media.invalid/a.jpg", "media_type": 2, "scene": 1});
-    assert_error(&post(&env, "/media/check", &token, media).await, 502, "wechat_error");
+    assert_error(
+        &post(&env, "/media/check", &token, media).await,
+        502,
+        "wechat_error",
+    );
     // Busy once: retried within the budget.
     env.script(MSG_SEC_CHECK, -1, 1);
-    assert_eq!(post(&env, "/content/check", &token, body.clone()).await.status, 200);
+    assert_eq!(
+        post(&env, "/content/check", &token, body.clone())
+            .await
+            .status,
+        200
+    );
     // Every token dies (a third party, a mass invalidation): the keeper refreshes, one retry.
     env.sandbox().invalidate_all_tokens();
     let before = env.calls("/cgi-bin/stable_token");
-    assert_eq!(post(&env, "/content/check", &token, body.clone()).await.status, 200);
+    assert_eq!(
+        post(&env, "/content/check", &token, body.clone())
+            .await
+            .status,
+        200
+    );
     assert_eq!(env.calls("/cgi-bin/stable_token"), before + 1);
 }
 
@@ -126,19 +210,37 @@ async fn a_media_verdict_comes_back_through_the_push_receiver_to_the_user_who_as
     })
     .await;
     let url = crate::push::serve(&env).await;
-    env.sandbox().set_push_target(&url, PushMode::Safe, PushFormat::Json);
+    env.sandbox()
+        .set_push_target(&url, PushMode::Safe, PushFormat::Json);
     let token = env.login("uploader").await;
     let other = env.login("someone-else").await;
-    let r = post(&env, "/media/check", &token,
-        json!({"media_url": "https://media.invalid/risky-cat.jpg", "media_type": 2, "scene": 4})).await;
+    let r = post(
+        &env,
+        "/media/check",
+        &token,
+        json!({"media_url": "https://media.invalid/risky-cat.jpg", "media_type": 2, "scene": 4}),
+    )
+    .await;
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
     let trace_id = r.json()["trace_id"].as_str().unwrap().to_string();
     let path = format!("/media/check/{trace_id}");
     let r = env.call("GET", &path, Some(&token), b"").await;
-    assert_eq!(r.json(), json!({"status": "pending", "suggest": null, "label": null}));
+    assert_eq!(
+        r.json(),
+        json!({"status": "pending", "suggest": null, "label": null})
+    );
     // Only the user who asked sees it.
-    assert_error(&env.call("GET", &path, Some(&other), b"").await, 404, "not_found");
-    assert_error(&env.call("GET", "/media/check/unknown", Some(&token), b"").await, 404, "not_found");
+    assert_error(
+        &env.call("GET", &path, Some(&other), b"").await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &env.call("GET", "/media/check/unknown", Some(&token), b"")
+            .await,
+        404,
+        "not_found",
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let done = loop {
         let v = env.call("GET", &path, Some(&token), b"").await.json();
@@ -147,7 +249,10 @@ async fn a_media_verdict_comes_back_through_the_push_receiver_to_the_user_who_as
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(done, json!({"status": "done", "suggest": "risky", "label": 20002}));
+    assert_eq!(
+        done,
+        json!({"status": "done", "suggest": "risky", "label": 20002})
+    );
     // The push was published too, once.
     let events = env.bus.as_ref().unwrap().take_exactly(1).await;
     assert_eq!(events.len(), 1);
@@ -161,67 +266,158 @@ async fn links_are_made_checked_mapped_and_cached() {
     let token = env.login("marketer").await;
     let now = wxmp::now_secs();
     // Each kind, and the answer's expiry.
-    let r = post(&env, "/links", &token, json!({"kind": "scheme", "path": "pages/index/index",
-        "query": "id=42&from=sms", "expire": {"type": "interval", "value": 7}})).await;
+    let r = post(
+        &env,
+        "/links",
+        &token,
+        json!({"kind": "scheme", "path": "pages/index/index",
+        "query": "id=42&from=sms", "expire": {"type": "interval", "value": 7}}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("x-cache"), Some("miss"));
     let v = r.json();
-    assert!(v["link"].as_str().unwrap().starts_with("weixin://dl/business/?t="));
+    assert!(
+        v["link"]
+            .as_str()
+            .unwrap()
+            .starts_with("weixin://dl/business/?t=")
+    );
     let exp = v["expires_at"].as_u64().unwrap();
-    assert!((now + 7 * 86_400..=now + 7 * 86_400 + 5).contains(&exp), "{v}");
+    assert!(
+        (now + 7 * 86_400..=now + 7 * 86_400 + 5).contains(&exp),
+        "{v}"
+    );
     let at = now + 3600;
-    let r = post(&env, "/links", &token, json!({"kind": "url_link", "path": "pages/index/index",
-        "expire": {"type": "time", "value": at}})).await;
+    let r = post(
+        &env,
+        "/links",
+        &token,
+        json!({"kind": "url_link", "path": "pages/index/index",
+        "expire": {"type": "time", "value": at}}),
+    )
+    .await;
     assert_eq!(r.status, 200);
-    assert!(r.json()["link"].as_str().unwrap().starts_with("https://wxaurl.cn/"));
+    assert!(
+        r.json()["link"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://wxaurl.cn/")
+    );
     assert_eq!(r.json()["expires_at"], at);
-    let r = post(&env, "/links", &token, json!({"kind": "short_link", "path": "pages/index/index",
-        "query": "a=1", "page_title": "Sale", "is_permanent": true})).await;
+    let r = post(
+        &env,
+        "/links",
+        &token,
+        json!({"kind": "short_link", "path": "pages/index/index",
+        "query": "a=1", "page_title": "Sale", "is_permanent": true}),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["expires_at"], Value::Null);
 
     // The same parameters again: from the table, WeChat not called.
     let calls = (env.calls(SCHEME), env.calls(URLLINK), env.calls(SHORTLINK));
-    let again = post(&env, "/links", &token, json!({"kind": "scheme", "path": "pages/index/index",
-        "query": "id=42&from=sms", "expire": {"type": "interval", "value": 7}})).await;
+    let again = post(
+        &env,
+        "/links",
+        &token,
+        json!({"kind": "scheme", "path": "pages/index/index",
+        "query": "id=42&from=sms", "expire": {"type": "interval", "value": 7}}),
+    )
+    .await;
     assert_eq!(again.header("x-cache"), Some("hit"));
     assert_eq!(again.json(), v);
-    let short = post(&env, "/links", &token, json!({"kind": "short_link", "path": "pages/index/index",
-        "query": "a=1", "page_title": "Sale", "is_permanent": true})).await;
+    let short = post(
+        &env,
+        "/links",
+        &token,
+        json!({"kind": "short_link", "path": "pages/index/index",
+        "query": "a=1", "page_title": "Sale", "is_permanent": true}),
+    )
+    .await;
     assert_eq!(short.header("x-cache"), Some("hit"));
-    assert_eq!((env.calls(SCHEME), env.calls(URLLINK), env.calls(SHORTLINK)), calls);
+    assert_eq!(
+        (env.calls(SCHEME), env.calls(URLLINK), env.calls(SHORTLINK)),
+        calls
+    );
     // Other parameters: a new link.
-    let other = post(&env, "/links", &token, json!({"kind": "scheme", "path": "pages/index/index",
-        "query": "id=43", "expire": {"type": "interval", "value": 7}})).await;
+    let other = post(
+        &env,
+        "/links",
+        &token,
+        json!({"kind": "scheme", "path": "pages/index/index",
+        "query": "id=43", "expire": {"type": "interval", "value": 7}}),
+    )
+    .await;
     assert_eq!(other.header("x-cache"), Some("miss"));
     assert_ne!(other.json()["link"], v["link"]);
 
     // Validation: the field named, WeChat not called.
     let before = (env.calls(SCHEME), env.calls(URLLINK), env.calls(SHORTLINK));
     let cases = [
-        (json!({"kind": "scheme", "path": "/pages/index/index"}), "path"),
+        (
+            json!({"kind": "scheme", "path": "/pages/index/index"}),
+            "path",
+        ),
         (json!({"kind": "scheme", "path": "p".repeat(1025)}), "path"),
-        (json!({"kind": "scheme", "path": "pages/index/index?x=1"}), "path"),
+        (
+            json!({"kind": "scheme", "path": "pages/index/index?x=1"}),
+            "path",
+        ),
         (json!({"kind": "scheme", "query": "a=<b>"}), "query"),
-        (json!({"kind": "scheme", "query": "q".repeat(1025)}), "query"),
-        (json!({"kind": "scheme", "expire": {"type": "interval", "value": 31}}), "expire"),
-        (json!({"kind": "scheme", "expire": {"type": "interval", "value": 0}}), "expire"),
-        (json!({"kind": "url_link", "expire": {"type": "time", "value": now + 31 * 86_400}}), "expire"),
-        (json!({"kind": "url_link", "expire": {"type": "time", "value": now - 10}}), "expire"),
-        (json!({"kind": "url_link", "expire": {"type": "forever", "value": 1}}), "expire"),
-        (json!({"kind": "scheme", "env_version": "beta"}), "env_version"),
+        (
+            json!({"kind": "scheme", "query": "q".repeat(1025)}),
+            "query",
+        ),
+        (
+            json!({"kind": "scheme", "expire": {"type": "interval", "value": 31}}),
+            "expire",
+        ),
+        (
+            json!({"kind": "scheme", "expire": {"type": "interval", "value": 0}}),
+            "expire",
+        ),
+        (
+            json!({"kind": "url_link", "expire": {"type": "time", "value": now + 31 * 86_400}}),
+            "expire",
+        ),
+        (
+            json!({"kind": "url_link", "expire": {"type": "time", "value": now - 10}}),
+            "expire",
+        ),
+        (
+            json!({"kind": "url_link", "expire": {"type": "forever", "value": 1}}),
+            "expire",
+        ),
+        (
+            json!({"kind": "scheme", "env_version": "beta"}),
+            "env_version",
+        ),
         (json!({"kind": "deep_link"}), "kind"),
         (json!({"kind": "short_link"}), "path"),
-        (json!({"kind": "short_link", "path": "pages/index/index", "expire": {"type": "interval", "value": 1}}), "expire"),
-        (json!({"kind": "scheme", "is_permanent": true}), "is_permanent"),
+        (
+            json!({"kind": "short_link", "path": "pages/index/index", "expire": {"type": "interval", "value": 1}}),
+            "expire",
+        ),
+        (
+            json!({"kind": "scheme", "is_permanent": true}),
+            "is_permanent",
+        ),
         (json!({"kind": "scheme", "surprise": 1}), "surprise"),
     ];
     for (body, field) in cases {
         let r = post(&env, "/links", &token, body.clone()).await;
         let e = assert_error(&r, 400, "invalid_request");
-        assert!(e["message"].as_str().unwrap().contains(field), "{body}: {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains(field),
+            "{body}: {e}"
+        );
     }
-    assert_eq!((env.calls(SCHEME), env.calls(URLLINK), env.calls(SHORTLINK)), before);
+    assert_eq!(
+        (env.calls(SCHEME), env.calls(URLLINK), env.calls(SHORTLINK)),
+        before
+    );
 
     // WeChat's refusals, each named.
     let fresh = |q: &str| json!({"kind": "scheme", "path": "pages/index/index", "query": q});
@@ -242,13 +438,36 @@ async fn links_are_made_checked_mapped_and_cached() {
         assert!(e["message"].as_str().unwrap().contains(names), "{e}");
     }
     // The sandbox's own rules: an unpublished page, the trial version.
-    let r = post(&env, "/links", &token, json!({"kind": "url_link", "path": "pages/missing/index"})).await;
-    assert_eq!(assert_error(&r, 400, "invalid_request")["wechat_errcode"], 40165);
-    let r = post(&env, "/links", &token, json!({"kind": "url_link", "env_version": "trial"})).await;
-    assert_eq!(assert_error(&r, 400, "invalid_request")["wechat_errcode"], 85079);
+    let r = post(
+        &env,
+        "/links",
+        &token,
+        json!({"kind": "url_link", "path": "pages/missing/index"}),
+    )
+    .await;
+    assert_eq!(
+        assert_error(&r, 400, "invalid_request")["wechat_errcode"],
+        40165
+    );
+    let r = post(
+        &env,
+        "/links",
+        &token,
+        json!({"kind": "url_link", "env_version": "trial"}),
+    )
+    .await;
+    assert_eq!(
+        assert_error(&r, 400, "invalid_request")["wechat_errcode"],
+        85079
+    );
     // A rejected token: refreshed and retried once.
     env.sandbox().invalidate_all_tokens();
-    assert_eq!(post(&env, "/links", &token, fresh("after=invalidation")).await.status, 200);
+    assert_eq!(
+        post(&env, "/links", &token, fresh("after=invalidation"))
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -263,10 +482,22 @@ async fn the_daily_link_quota_answers_429() {
     .await;
     let token = env.login("quota").await;
     for (i, status) in [(1, 200), (2, 200), (3, 429)] {
-        let r = post(&env, "/links", &token, json!({"kind": "url_link", "query": format!("n={i}")})).await;
+        let r = post(
+            &env,
+            "/links",
+            &token,
+            json!({"kind": "url_link", "query": format!("n={i}")}),
+        )
+        .await;
         assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
     }
     // Cached links still come, without the quota.
-    let r = post(&env, "/links", &token, json!({"kind": "url_link", "query": "n=1"})).await;
+    let r = post(
+        &env,
+        "/links",
+        &token,
+        json!({"kind": "url_link", "query": "n=1"}),
+    )
+    .await;
     assert_eq!((r.status, r.header("x-cache")), (200, Some("hit")));
 }

@@ -519,7 +519,8 @@ async fn media_over_ten_megabytes_is_refused_before_wechat_is_called() {
     let (big, ca) = https_media_server(10 * 1024 * 1024 + 1).await;
     let ca_file = std::env::temp_dir().join(format!("media-ca-{big}.pem"));
     std::fs::write(&ca_file, ca).unwrap();
-    let server = LocalServer::start(&[("SSL_CERT_FILE".into(), ca_file.display().to_string())]).await;
+    let server =
+        LocalServer::start(&[("SSL_CERT_FILE".into(), ca_file.display().to_string())]).await;
     let token = token_of(&server.login("media.1").await);
     let auth = format!("Bearer {token}");
     let check = |url: String| {
@@ -528,14 +529,22 @@ async fn media_over_ten_megabytes_is_refused_before_wechat_is_called() {
         let server = &server;
         async move {
             server
-                .request("POST", "/media/check", &[("authorization", &auth)], body.into_bytes())
+                .request(
+                    "POST",
+                    "/media/check",
+                    &[("authorization", &auth)],
+                    body.into_bytes(),
+                )
                 .await
         }
     };
     let r = check(format!("https://localhost:{big}/big.jpg")).await;
     r.assert_error(400, "invalid_request");
     let message = r.json()["error"]["message"].as_str().unwrap().to_string();
-    assert!(message.contains("10 MB") && message.contains("media_url"), "{message}");
+    assert!(
+        message.contains("10 MB") && message.contains("media_url"),
+        "{message}"
+    );
     let (small, _) = https_media_server(1024).await;
     // The small server's certificate is from another CA: unverifiable, so its size is unknown
     // and WeChat decides (202). A size the server states within the limit passes the same way.
