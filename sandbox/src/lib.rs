@@ -1,9 +1,11 @@
 //! A stand-in for WeChat's mini-program server APIs, for the backend's tests and its local
 //! dev server.
 //!
-//! It answers the five WeChat paths the backend uses (`/sns/jscode2session`, `/cgi-bin/token`,
-//! `/cgi-bin/stable_token`, `/wxa/getwxacodeunlimit`, `/wxa/business/getuserphonenumber`)
-//! with WeChat's rules and quirks: HTTP 200 errors with an `errcode`, single-use codes, the
+//! It answers the WeChat paths the backend uses (`/sns/jscode2session`, `/cgi-bin/token`,
+//! `/cgi-bin/stable_token`, `/wxa/getwxacodeunlimit`, `/wxa/business/getuserphonenumber`,
+//! `/cgi-bin/message/subscribe/send`, `/wxa/msg_sec_check`, `/wxa/media_check_async`,
+//! `/wxa/generatescheme`, `/wxa/generate_urllink`, `/wxa/genwxashortlink`) and builds message
+//! pushes as WeChat does (every mode and format), with WeChat's rules and quirks: HTTP 200 errors with an `errcode`, single-use codes, the
 //! legacy token's overlap window, stable-token renewal and force limits, odd content types.
 //! Behaviour is deterministic; randomness only goes into token, code and session-key values.
 //!

@@ -259,7 +259,7 @@ async fn wechats_json_errors_map_to_the_contract_and_are_never_images() {
         (40129, 400, "invalid_request"),
         (45009, 429, "rate_limited"),
         (40097, 400, "invalid_request"),
-        (44990, 502, "wechat_error"),
+        (44990, 429, "rate_limited"),
     ] {
         env.script(CODE_PATH, errcode, 1);
         let r = qrcode(&env, &token, json!({"scene": "b"})).await;
