@@ -57,6 +57,22 @@ export interface RequestOptions {
   header?: Record<string, string>;
 }
 
+export interface Grant {
+  template_id: string;
+  one_time: number;
+  long_term: boolean;
+}
+
+export type LinkParams =
+  | {
+      kind: 'scheme' | 'url_link';
+      path?: string;
+      query?: string;
+      env_version?: 'release' | 'trial' | 'develop';
+      expire?: { type: 'interval'; value: number } | { type: 'time'; value: number };
+    }
+  | { kind: 'short_link'; path: string; query?: string; page_title?: string; is_permanent?: boolean };
+
 export interface CodeParams {
   scene: string;
   page?: string;
@@ -81,6 +97,18 @@ export interface Client {
   me(): Promise<Me>;
   /** nickname: 1-64 characters; avatar_url: an https URL. */
   updateProfile(profile: { nickname?: string | null; avatar_url?: string | null }): Promise<Me>;
+  subscriptions(): Promise<{ grants: Grant[] }>;
+  /** The ids among `templateIds` the user holds no grant for (ask with wx.requestSubscribeMessage). */
+  templatesToAsk(templateIds: string[]): Promise<string[]>;
+  /** scene: 1 profile, 2 comment, 3 forum, 4 social log; content 1-2500 characters. */
+  checkContent(
+    content: string,
+    scene: 1 | 2 | 3 | 4,
+    extra?: { title?: string; nickname?: string; signature?: string },
+  ): Promise<{ suggest: 'pass' | 'review' | 'risky'; label: number; trace_id: string | null }>;
+  checkMedia(params: { media_url: string; media_type: 1 | 2; scene: 1 | 2 | 3 | 4 }): Promise<{ trace_id: string }>;
+  mediaCheck(traceId: string): Promise<{ status: 'pending' | 'done'; suggest: 'pass' | 'review' | 'risky' | null; label: number | null }>;
+  link(params: LinkParams): Promise<{ link: string; expires_at: number | null }>;
   /** Forgets the session locally (also a login still running) even if the network fails. */
   logout(): Promise<void>;
 }

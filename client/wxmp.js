@@ -302,6 +302,40 @@ export function createClient({
       return request({ url: '/me', method: 'PUT', data: profile });
     },
 
+    /** GET /subscriptions: the subscribe-message grants the user holds (`{ grants: [...] }`). */
+    subscriptions() {
+      return request({ url: '/subscriptions' });
+    },
+
+    /** The template ids of `templateIds` the user holds no grant for: ask for these with
+     * wx.requestSubscribeMessage before a message is due. */
+    async templatesToAsk(templateIds) {
+      const { grants } = await request({ url: '/subscriptions' });
+      const held = new Set(grants.filter((g) => g.one_time > 0 || g.long_term).map((g) => g.template_id));
+      return templateIds.filter((t) => !held.has(t));
+    },
+
+    /** POST /content/check: `{ suggest: 'pass' | 'review' | 'risky', label, trace_id }`. */
+    checkContent(content, scene, extra = {}) {
+      return request({ url: '/content/check', method: 'POST', data: { ...extra, content, scene } });
+    },
+
+    /** POST /media/check with `{ media_url, media_type, scene }`: `{ trace_id }`; the verdict
+     * comes later from mediaCheck(trace_id). */
+    checkMedia(params) {
+      return request({ url: '/media/check', method: 'POST', data: params });
+    },
+
+    /** GET /media/check/{trace_id}: `{ status: 'pending' | 'done', suggest, label }`. */
+    mediaCheck(traceId) {
+      return request({ url: `/media/check/${encodeURIComponent(traceId)}` });
+    },
+
+    /** POST /links: `{ link, expires_at }`, a scheme, URL link or short link into the app. */
+    link(params) {
+      return request({ url: '/links', method: 'POST', data: params });
+    },
+
     /** DELETE /session; the stored token is forgotten even if the network fails. */
     async logout() {
       const s = stored();

@@ -34,7 +34,7 @@ before(async () => {
   const port = await freePort();
   base = `http://127.0.0.1:${port}`;
   const env = { ...process.env, PORT: String(port), REFRESH_INTERVAL_SECS: '3600', RUST_LOG: 'warn' };
-  for (const k of ['WECHAT_APPID', 'WECHAT_SECRET', 'WECHAT_API_BASE', 'TABLE_NAME', 'CODE_BUCKET', 'WECHAT_SECRET_ARN']) {
+  for (const k of ['WECHAT_APPID', 'WECHAT_SECRET', 'WECHAT_API_BASE', 'TABLE_NAME', 'CODE_BUCKET', 'WECHAT_SECRET_ARN', 'WECHAT_PUSH_TOKEN', 'WECHAT_PUSH_AES_KEY', 'EVENT_BUS_NAME']) {
     delete env[k];
   }
   server = spawn(binary, [], { env, stdio: ['ignore', 'ignore', 'inherit'] });
@@ -300,4 +300,49 @@ test('WeChat busy: the error says try again (503, retryable)', async () => {
   }
   const s = await client.login();
   assert.equal(typeof s.token, 'string');
+});
+
+test('subscriptions, content checks and links', async () => {
+  const { wx } = shim();
+  const client = createClient({ baseUrl: base, wx });
+  const template = 'TPL_ORDER_SHIPPED_0000000000000000000000000';
+  assert.deepEqual(await client.templatesToAsk([template]), [template]);
+  // The user accepts the popup: WeChat (the sandbox) pushes it to the server.
+  const { openid } = await client.session();
+  const pushed = await fetch(`${base}/sandbox/_sandbox/push`, {
+    method: 'POST',
+    body: JSON.stringify({
+      url: `${base}/push`, mode: 'safe', format: 'json',
+      message: { ToUserName: 'gh_sandbox000001', FromUserName: openid, CreateTime: Math.floor(Date.now() / 1000),
+        MsgType: 'event', Event: 'subscribe_msg_popup_event',
+        List: [{ TemplateId: template, SubscribeStatusString: 'accept', PopupScene: 0 }] },
+    }),
+  }).then((r) => r.json());
+  assert.deepEqual(pushed, { status: 200, body: 'success' });
+  let toAsk = [template];
+  for (let i = 0; i < 100 && toAsk.length; i++) {
+    toAsk = await client.templatesToAsk([template]);
+    if (toAsk.length) await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.deepEqual(toAsk, []);
+  assert.deepEqual((await client.subscriptions()).grants, [{ template_id: template, one_time: 1, long_term: false }]);
+
+  assert.equal((await client.checkContent('hello', 2)).suggest, 'pass');
+  assert.equal((await client.checkContent('so risky', 2)).suggest, 'risky');
+  const e = await client.checkContent('', 2).catch((e) => e);
+  assert.equal(e.status, 400);
+  assert.match(e.message, /content/);
+
+  const { trace_id } = await client.checkMedia({ media_url: 'https://media.invalid/a.jpg', media_type: 2, scene: 1 });
+  let result;
+  for (let i = 0; i < 100; i++) {
+    result = await client.mediaCheck(trace_id);
+    if (result.status === 'done') break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.deepEqual(result, { status: 'done', suggest: 'pass', label: 100 });
+
+  const link = await client.link({ kind: 'url_link', path: 'pages/index/index', query: 'id=1' });
+  assert.match(link.link, /^https:\/\//);
+  assert.deepEqual(await client.link({ kind: 'url_link', path: 'pages/index/index', query: 'id=1' }), link);
 });
