@@ -180,10 +180,12 @@ pub fn build(
     now: u64,
 ) -> PushRequest {
     let timestamp = spec.timestamp.unwrap_or(now).to_string();
-    let nonce = spec
-        .nonce
-        .clone()
-        .unwrap_or_else(|| format!("{}", now.wrapping_mul(2654435761) % 1_000_000_000));
+    // WeChat's nonce is random: two pushes in one second have different signatures.
+    let nonce = spec.nonce.clone().unwrap_or_else(|| {
+        let mut b = [0u8; 4];
+        aws_lc_rs::rand::fill(&mut b).expect("randomness");
+        (u32::from_be_bytes(b) % 1_000_000_000).to_string()
+    });
     let plain = match spec.format {
         PushFormat::Xml => to_xml(&spec.message),
         PushFormat::Json => Value::Object(spec.message.clone()).to_string(),

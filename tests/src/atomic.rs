@@ -123,7 +123,7 @@ impl wxmp::store::MessageStore for AtomicDynamo {
         holder: &str,
         expires_at: u64,
         now: u64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<wxmp::store::Claim, StoreError> {
         let _turn = self.turn.lock().await;
         self.inner.claim(key, holder, expires_at, now).await
     }
@@ -131,13 +131,12 @@ impl wxmp::store::MessageStore for AtomicDynamo {
         let _turn = self.turn.lock().await;
         self.inner.release_claim(key, holder).await
     }
-    async fn change_grant(
+    async fn change_grants(
         &self,
         openid: &str,
-        template_id: &str,
-        change: wxmp::store::GrantChange,
+        changes: &[(String, wxmp::store::NetChange)],
     ) -> Result<(), StoreError> {
-        self.inner.change_grant(openid, template_id, change).await
+        self.inner.change_grants(openid, changes).await
     }
     async fn take_grant(
         &self,

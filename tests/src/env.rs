@@ -196,6 +196,16 @@ impl TestEnv {
         build_app(&pairs, &self.sdk, self.bucket.as_deref(), store)
     }
 
+    /// Claims `key` in the test's table as another instance would; true if taken.
+    pub async fn store_claim(&self, key: &str, holder: &str, expires_at: u64, now: u64) -> bool {
+        use wxmp::store::MessageStore;
+        self.store
+            .claim(key, holder, expires_at, now)
+            .await
+            .expect("claim")
+            .taken()
+    }
+
     /// A DynamoDB client on this env's moto, for reading and writing the table directly.
     pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
         moto::dynamodb_client(&self.sdk)

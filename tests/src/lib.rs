@@ -31,7 +31,7 @@ macro_rules! delegate_message_store {
                 holder: &str,
                 expires_at: u64,
                 now: u64,
-            ) -> Result<bool, wxmp::store::StoreError> {
+            ) -> Result<wxmp::store::Claim, wxmp::store::StoreError> {
                 $inner.claim(key, holder, expires_at, now).await
             }
             async fn release_claim(
@@ -41,13 +41,12 @@ macro_rules! delegate_message_store {
             ) -> Result<(), wxmp::store::StoreError> {
                 $inner.release_claim(key, holder).await
             }
-            async fn change_grant(
+            async fn change_grants(
                 &$self,
                 openid: &str,
-                template_id: &str,
-                change: wxmp::store::GrantChange,
+                changes: &[(String, wxmp::store::NetChange)],
             ) -> Result<(), wxmp::store::StoreError> {
-                $inner.change_grant(openid, template_id, change).await
+                $inner.change_grants(openid, changes).await
             }
             async fn take_grant(
                 &$self,

@@ -5,14 +5,15 @@
 //! - `subscribe_msg_change_event` (the user changed the setting): `accept` records a standing
 //!   grant; `reject` and `ban` withdraw it and clear the one-time grants.
 //! - `subscribe_msg_sent_event`: an item with `ErrorCode` 43101 (the user has no grant left)
-//!   clears the one-time grants; a delivered message changes nothing (its send used its grant).
+//!   clears the template's grants, the standing one too; a delivered message changes nothing (its
+//!   send used its grant).
 //!
 //! `List` may hold one item or several (the receiver always makes it an array; an object is
 //! read too).
 
 use serde_json::Value;
 
-use crate::store::{GrantChange, MessageStore, StoreError};
+use crate::store::{GrantChange, MessageStore, NetChange, StoreError};
 
 pub const EVENTS: &[&str] = &[
     "subscribe_msg_popup_event",
@@ -35,13 +36,15 @@ pub fn change_of(event: &str, item: &Value) -> Option<GrantChange> {
                 c.as_i64()
                     .or_else(|| c.as_str().and_then(|s| s.parse().ok()))
             });
-            (code == Some(43101)).then_some(GrantChange::ClearOneTime)
+            // The user holds nothing for this template any more, standing grant included.
+            (code == Some(43101)).then_some(GrantChange::LongTerm(false))
         }
         _ => None,
     }
 }
 
-/// Applies a subscribe push (`detail` as the receiver published it); the number of changes.
+/// Applies a subscribe push (`detail` as the receiver published it), all its items in one
+/// write; the number of item changes.
 pub async fn apply(store: &dyn MessageStore, detail: &Value) -> Result<usize, StoreError> {
     let Some(openid) = detail
         .get("FromUserName")
@@ -57,7 +60,8 @@ pub async fn apply(store: &dyn MessageStore, detail: &Value) -> Result<usize, St
         Some(item @ Value::Object(_)) => vec![item],
         _ => Vec::new(),
     };
-    let mut changed = 0;
+    // Each template's changes in order, folded into one.
+    let mut by_template: Vec<(String, Vec<GrantChange>)> = Vec::new();
     for item in items {
         let Some(template_id) = item
             .get("TemplateId")
@@ -66,10 +70,21 @@ pub async fn apply(store: &dyn MessageStore, detail: &Value) -> Result<usize, St
         else {
             continue;
         };
-        if let Some(change) = change_of(event, item) {
-            store.change_grant(openid, template_id, change).await?;
-            changed += 1;
+        let Some(change) = change_of(event, item) else {
+            continue;
+        };
+        match by_template.iter_mut().find(|(t, _)| t == template_id) {
+            Some((_, changes)) => changes.push(change),
+            None => by_template.push((template_id.to_string(), vec![change])),
         }
+    }
+    let changed = by_template.iter().map(|(_, c)| c.len()).sum();
+    let net: Vec<(String, NetChange)> = by_template
+        .into_iter()
+        .map(|(t, c)| (t, NetChange::of(c)))
+        .collect();
+    if !net.is_empty() {
+        store.change_grants(openid, &net).await?;
     }
     Ok(changed)
 }
@@ -78,6 +93,52 @@ pub async fn apply(store: &dyn MessageStore, detail: &Value) -> Result<usize, St
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_pushs_changes_fold_per_template_in_order() {
+        use GrantChange::*;
+        let n = NetChange::of;
+        assert_eq!(
+            n([AddOneTime, AddOneTime]),
+            NetChange {
+                clear: false,
+                add: 2,
+                long_term: None
+            }
+        );
+        assert_eq!(
+            n([AddOneTime, ClearOneTime]),
+            NetChange {
+                clear: true,
+                add: 0,
+                long_term: None
+            }
+        );
+        assert_eq!(
+            n([ClearOneTime, AddOneTime]),
+            NetChange {
+                clear: true,
+                add: 1,
+                long_term: None
+            }
+        );
+        assert_eq!(
+            n([LongTerm(true), LongTerm(false)]),
+            NetChange {
+                clear: true,
+                add: 0,
+                long_term: Some(false)
+            }
+        );
+        assert_eq!(
+            n([LongTerm(false), LongTerm(true)]),
+            NetChange {
+                clear: true,
+                add: 0,
+                long_term: Some(true)
+            }
+        );
+    }
 
     #[test]
     fn each_answer_changes_the_ledger_as_documented() {
@@ -114,7 +175,10 @@ mod tests {
             json!({"TemplateId": "T", "ErrorCode": 43101}),
             json!({"TemplateId": "T", "ErrorCode": "43101"}),
         ] {
-            assert_eq!(change_of(sent, &refused), Some(GrantChange::ClearOneTime));
+            assert_eq!(
+                change_of(sent, &refused),
+                Some(GrantChange::LongTerm(false))
+            );
         }
     }
 }

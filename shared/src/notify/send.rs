@@ -9,19 +9,24 @@
 //! 4. `/cgi-bin/message/subscribe/send` through the token keeper (a rejected token is refreshed
 //!    and the send tried once more).
 //!
-//! Results: `sent`; `not_subscribed` (43101: the ledger's one-time grants are cleared; logged at
-//! info, it is the user's choice); `invalid` (47003 data, 40037 template, 41030 page, 40003
-//! openid); `failed` (anything else: the grant is given back and the key released, so the same
-//! event may be sent again).
+//! Results: `sent`; `not_subscribed` (43101: the ledger's grants for the template are cleared;
+//! logged at info, it is the user's choice); `invalid` (47003 data, 40037 template, 41030 page,
+//! 40003 openid: the grant is given back); `failed`: when WeChat surely did not send it, the grant
+//! is given back and the key released, so the same event may be sent again; when the answer was
+//! lost (WeChat may have sent it), the key stays used and the grant with it: never two messages.
+//!
+//! The key is held with a short lease while the send runs, and for 24 hours once it is answered:
+//! a redelivery meeting the lease is an `Err` (Lambda retries it later).
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Outcome, REMEMBER_SECS};
+use super::{NotifyError, Outcome, done, lease};
 use crate::app::App;
 use crate::events::{BusEvent, NOTIFY_SOURCE, RESULT};
-use crate::store::{GrantChange, StoreError, Taken};
+use crate::store::{GrantChange, Taken};
 use crate::token::TokenError;
+use crate::wechat::WxError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -106,8 +111,9 @@ impl SendRequest {
     }
 }
 
-/// Handles one send event; `Err` only when the store failed before WeChat was called.
-pub async fn send(app: &App, detail: &Value) -> Result<Outcome, StoreError> {
+/// Handles one send event; `Err` only when nothing was done (the store failed before WeChat was
+/// called, or another invocation is sending the same key).
+pub async fn send(app: &App, detail: &Value) -> Result<Outcome, NotifyError> {
     let key_of = |d: &Value| {
         d.get("idempotency_key")
             .and_then(Value::as_str)
@@ -144,11 +150,7 @@ pub async fn send(app: &App, detail: &Value) -> Result<Outcome, StoreError> {
         crate::ids::sha256_hex(req.idempotency_key.as_bytes())
     );
     let holder = crate::ids::new_request_id();
-    if !app
-        .store
-        .claim(&claim, &holder, now + REMEMBER_SECS, now)
-        .await?
-    {
+    if !lease(app, &claim, &holder, now).await? {
         tracing::info!("subscribe send already handled for this idempotency key: not sent again");
         return Ok(Outcome::Duplicate);
     }
@@ -159,16 +161,19 @@ pub async fn send(app: &App, detail: &Value) -> Result<Outcome, StoreError> {
             Ok(t) => t,
             Err(e) => {
                 let _ = app.store.release_claim(&claim, &holder).await;
-                return Err(e);
+                return Err(e.into());
             }
         }
     };
     let (status, errcode, message) = match taken {
-        None => (
-            Status::NotSubscribed,
-            None,
-            "the grant ledger holds no grant for this user and template".to_string(),
-        ),
+        None => {
+            done(app, &claim, &holder, now).await;
+            (
+                Status::NotSubscribed,
+                None,
+                "the grant ledger holds no grant for this user and template".to_string(),
+            )
+        }
         Some(taken) => {
             let body = req.message();
             let sent = app
@@ -182,10 +187,13 @@ pub async fn send(app: &App, detail: &Value) -> Result<Outcome, StoreError> {
                 Err(TokenError::WeChat(e)) => e.errcode(),
                 _ => None,
             };
+            // Whether WeChat may have sent it although we did not hear so (a lost answer).
+            let unknown = matches!(&sent, Err(TokenError::WeChat(e)) if matches!(e, WxError::Transport(_) | WxError::BadResponse(_)));
             let (status, message) = match &sent {
                 Ok(()) => (Status::Sent, "sent".to_string()),
                 Err(_) if errcode == Some(43101) => {
-                    ledger_change(app, &req, GrantChange::ClearOneTime).await;
+                    // The user holds nothing for this template, standing grant included.
+                    ledger_change(app, &req, GrantChange::LongTerm(false)).await;
                     (
                         Status::NotSubscribed,
                         "WeChat says the user holds no grant (43101)".into(),
@@ -194,19 +202,28 @@ pub async fn send(app: &App, detail: &Value) -> Result<Outcome, StoreError> {
                 Err(e) if errcode.is_some_and(|c| INVALID.contains(&c)) => {
                     (Status::Invalid, format!("WeChat refused the message: {e}"))
                 }
+                Err(e) if unknown => (
+                    Status::Failed,
+                    format!(
+                        "the outcome is unknown (WeChat may have sent it): {e}; not sent again for this idempotency key"
+                    ),
+                ),
                 Err(e) => (Status::Failed, format!("the message was not sent: {e}")),
             };
-            if status != Status::Sent && status != Status::NotSubscribed {
-                // WeChat did not use the grant: it is the user's still.
-                if taken == Taken::OneTime {
-                    ledger_change(app, &req, GrantChange::AddOneTime).await;
-                }
+            // WeChat did not use the grant: it is the user's still (not when it may have).
+            if matches!(status, Status::Invalid | Status::Failed)
+                && !unknown
+                && taken == Taken::OneTime
+            {
+                ledger_change(app, &req, GrantChange::AddOneTime).await;
             }
-            if status == Status::Failed {
-                // Another delivery of the same event may try again.
+            if status == Status::Failed && !unknown {
+                // Surely not sent: another delivery of the same event may try again.
                 if let Err(e) = app.store.release_claim(&claim, &holder).await {
                     tracing::warn!(error = %e, "the idempotency key could not be released");
                 }
+            } else {
+                done(app, &claim, &holder, now).await;
             }
             (status, errcode, message)
         }

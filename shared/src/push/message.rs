@@ -253,26 +253,14 @@ pub fn detail_type(fields: &Map<String, Value>) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
-/// What identifies a push across WeChat's retries: `MsgId`, or the sender, time, event and
-/// `trace_id` (a media check's result) where there is no `MsgId`. Hashed: the key's length does
-/// not depend on the push.
+/// What identifies a push across WeChat's retries: `MsgId` where there is one, else the whole
+/// normalised message (a retry carries the same content; two events of one user in one second
+/// differ somewhere). Hashed: the key's length does not depend on the push.
 pub fn dedup_key(fields: &Map<String, Value>) -> String {
-    let text = |k: &str| match fields.get(k) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
-    };
-    let msg_id = text("MsgId");
-    let basis = if msg_id.is_empty() {
-        format!(
-            "{}\n{}\n{}\n{}",
-            text("FromUserName"),
-            text("CreateTime"),
-            text("Event"),
-            text("trace_id")
-        )
-    } else {
-        format!("msgid\n{msg_id}")
+    let basis = match fields.get("MsgId") {
+        Some(id) if !id.is_null() => format!("msgid\n{id}"),
+        // serde_json's Map is ordered by key: the same content is the same text.
+        _ => format!("message\n{}", Value::Object(fields.clone())),
     };
     crate::ids::sha256_hex(basis.as_bytes())
 }
@@ -358,7 +346,7 @@ mod tests {
     }
 
     #[test]
-    fn dedup_uses_msgid_or_the_event_fields() {
+    fn dedup_uses_msgid_or_the_whole_message() {
         let a = json!({"MsgId": 1, "FromUserName": "u", "CreateTime": 2});
         let b = json!({"MsgId": 1, "FromUserName": "v", "CreateTime": 3});
         assert_eq!(
@@ -370,6 +358,17 @@ mod tests {
         assert_ne!(
             dedup_key(m1.as_object().unwrap()),
             dedup_key(m2.as_object().unwrap())
+        );
+        // Two sent events in one second differ only inside List.
+        let s1 = json!({"FromUserName": "u", "CreateTime": 2, "Event": "subscribe_msg_sent_event", "List": [{"MsgID": 1}]});
+        let s2 = json!({"FromUserName": "u", "CreateTime": 2, "Event": "subscribe_msg_sent_event", "List": [{"MsgID": 2}]});
+        assert_ne!(
+            dedup_key(s1.as_object().unwrap()),
+            dedup_key(s2.as_object().unwrap())
+        );
+        assert_eq!(
+            dedup_key(s1.as_object().unwrap()),
+            dedup_key(s1.clone().as_object().unwrap())
         );
     }
 }

@@ -125,8 +125,10 @@ impl PushKeys {
     ///
     /// - With an `Encrypt` field and our key: `msg_signature` over it must hold, it must
     ///   decrypt, and the app id inside must be `appid`; the decrypted message is the push.
-    /// - Otherwise (plaintext mode, or compatible mode without the key): `signature` must hold,
-    ///   and the plaintext fields are the push (`Encrypt` dropped).
+    /// - With our key but no `msg_signature`: refused (a plaintext signature covers no part of
+    ///   the body, so with a key only encrypted pushes are taken).
+    /// - Without a key (plaintext mode, or compatible mode read as plaintext): `signature` must
+    ///   hold, and the plaintext fields are the push (`Encrypt` dropped).
     pub fn open(
         &self,
         q: &HashMap<String, String>,
@@ -163,15 +165,20 @@ impl PushKeys {
                 encrypted: true,
             });
         }
-        // Plaintext (or compatible mode read as plaintext): the signature before the body.
+        // With an EncodingAESKey configured only encrypted pushes are taken: a plaintext
+        // signature covers no part of the body.
+        if self.aes.is_some() {
+            return Err(forbidden(
+                "WECHAT_PUSH_AES_KEY is set: only compatible or safe mode pushes (with msg_signature) are taken",
+            ));
+        }
+        // Plaintext mode: the signature before the body.
         self.check_signature(q, timestamp, nonce)?;
         let (format, mut fields) = message::parse(body).map_err(bad)?;
         if encrypt(&fields).is_some() && message::detail_type(&fields).is_none() {
-            return Err(forbidden(if self.aes.is_some() {
-                "an encrypted push without msg_signature"
-            } else {
-                "an encrypted push, and no WECHAT_PUSH_AES_KEY is configured"
-            }));
+            return Err(forbidden(
+                "an encrypted push, and no WECHAT_PUSH_AES_KEY is configured",
+            ));
         }
         fields.remove("Encrypt");
         Ok(Opened {
@@ -257,7 +264,7 @@ mod tests {
                         .code(),
                     "forbidden"
                 );
-                let other = PushKeys::new("other", Some(KEY)).unwrap();
+                let other = PushKeys::new("other", if encrypt { Some(KEY) } else { None }).unwrap();
                 assert_eq!(
                     other
                         .open(&q(query.clone()), body.as_bytes(), "wx1", 1000)
@@ -275,6 +282,14 @@ mod tests {
                 }
             }
         }
+        // A plaintext push to a receiver with a key.
+        let (query, body) = plain_keys.seal(msg, "wx1", 1000, "n", false, Format::Json);
+        assert_eq!(
+            keys.open(&q(query), body.as_bytes(), "wx1", 1000)
+                .unwrap_err()
+                .code(),
+            "forbidden"
+        );
         // An encrypted push to a receiver without the key.
         let plain_only = PushKeys::new("tok", None).unwrap();
         let (query, body) = keys.seal(msg, "wx1", 1000, "n", true, Format::Json);

@@ -11,7 +11,7 @@
 //! Errcodes: 40003/43104 (openid not of this app) 502; 40129 (scene) 400; 45009, 45011 and 44990
 //! (quotas) 429; busy retried within the budget; a rejected token follows the keeper's rule.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -213,17 +213,67 @@ pub struct MediaCheckRequest {
     pub scene: Scene,
 }
 
-/// The size of what `url` serves, by a HEAD request (no redirects, 2 s), when it says.
+/// Whether `ip` is an address on the public internet (not loopback, private, link-local,
+/// unique-local, shared, documentation or unspecified).
+pub fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.is_multicast()
+                || o[0] == 0
+                || (o[0] == 100 && (64..128).contains(&o[1])))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                let s = v6.segments();
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (s[0] & 0xfe00) == 0xfc00
+                    || (s[0] & 0xffc0) == 0xfe80)
+            }
+        },
+    }
+}
+
+/// The size of what `url` serves, by a HEAD request (no redirects, no proxy, 2 s), when it
+/// says. In Lambda only public addresses are asked (the address is resolved once, checked and
+/// pinned): a user's URL must not reach into the deployment's network. The local server asks
+/// any (a developer's media may be on localhost).
 async fn media_size(url: &str) -> Option<u64> {
-    static PROBE: LazyLock<reqwest::Client> = LazyLock::new(|| {
-        crate::net::client(
-            reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(1))
-                .timeout(Duration::from_secs(2))
-                .redirect(reqwest::redirect::Policy::none()),
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let host = parsed.host_str()?.to_string();
+    let port = parsed.port_or_known_default()?;
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy();
+    if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
+        let addrs: Vec<_> = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::lookup_host((host.as_str(), port)),
         )
-    });
-    let resp = match PROBE.head(url).send().await {
+        .await
+        .ok()?
+        .ok()?
+        .collect();
+        let first = *addrs.first()?;
+        if !addrs.iter().all(|a| is_public(a.ip())) {
+            tracing::info!("media size not asked: the host is not on the public internet");
+            return None;
+        }
+        builder = builder.resolve(&host, first);
+    }
+    let resp = match crate::net::client(builder).head(url).send().await {
         Ok(r) => r,
         Err(e) => {
             // The URL is the user's: not logged.
@@ -253,9 +303,10 @@ pub async fn check_media(
     if let Some(size) = media_size(&req.media_url.0).await
         && size > MAX_MEDIA_BYTES
     {
-        return Err(ApiError::InvalidRequest(format!(
-            "media_url serves {size} bytes: over WeChat's 10 MB limit"
-        )));
+        let _ = size;
+        return Err(ApiError::InvalidRequest(
+            "media_url is over WeChat's 10 MB limit (its server says so)".into(),
+        ));
     }
     let body = json!({
         "media_url": req.media_url.0,
@@ -348,4 +399,59 @@ pub async fn store_media_verdict(app: &App, push: &Map<String, Value>) -> Result
         )
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "::",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in [
+            "8.8.8.8",
+            "203.0.114.1",
+            "2606:4700::1111",
+            "::ffff:1.1.1.1",
+        ] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn media_urls_follow_their_schema_pattern() {
+        for ok in [
+            "https://cdn.example.com/a.jpg",
+            "https://h:8443/x?y=1",
+            "https://h",
+        ] {
+            assert!(is_media_url(ok), "{ok}");
+        }
+        for bad in [
+            "http://h/a",
+            "https://",
+            "https://h h/a",
+            "https://h:/a",
+            "https://h:123456/a",
+            "https://[::1]/a",
+            "https://h/a b",
+        ] {
+            assert!(!is_media_url(bad), "{bad}");
+        }
+    }
 }

@@ -8,9 +8,9 @@
 //! hit`), so a repeated request costs none of the daily quota (500,000, shared by schemes and URL
 //! links).
 //!
-//! Errcodes: 40165 (path), 40212 (query), 85401 (expiry), 85079 (version not published) are 400
-//! naming the field; 40002/40013 (no permission, banned) 502; 44990 (over 100/s) and 45009 (the
-//! daily quota) 429.
+//! Errcodes: 40165 and 40066 (path), 40212 (query), 85401 (expiry), 85079 and 85402 (version)
+//! are 400 naming the field; 40002/40013 (no permission, banned) 502; 44990 (over 100/s), 45009
+//! (the daily quota) and 85400 (permanent short links used up) 429.
 
 use std::sync::Arc;
 
@@ -273,12 +273,14 @@ impl LinkRequest {
 fn refusal(e: TokenError) -> ApiError {
     match e {
         TokenError::WeChat(e) => match e.errcode() {
-            Some(40165) => ApiError::rejected("path is not a page of the mini-program", e),
+            Some(40165 | 40066) => ApiError::rejected("path is not a page of the mini-program", e),
             Some(40212) => ApiError::rejected("query is not accepted by WeChat", e),
             Some(85401) => ApiError::rejected("expire is outside what WeChat allows", e),
             Some(85079) => ApiError::rejected("env_version: that version is not published", e),
+            Some(85402) => ApiError::rejected("env_version is not accepted by WeChat", e),
             Some(40002 | 40013) => ApiError::WeChat(e),
-            Some(44990 | 45009) => ApiError::RateLimited(e),
+            // 85400: the 100,000 permanent short links are used up.
+            Some(44990 | 45009 | 85400) => ApiError::RateLimited(e),
             _ => ApiError::from_wechat(e),
         },
         other => other.into(),

@@ -1,9 +1,13 @@
 //! `GET /push` (WeChat's verification of the push URL) and `POST /push` (a push): checked by
 //! [`crate::push`], normalised, and put on the event bus once however often WeChat retries it.
 //!
-//! The bus is the only work on the request path (one conditional write to recognise a retry,
-//! one `PutEvents`): WeChat retries a push it did not get `success` for within 5 seconds. If the
-//! bus fails, the claim is given back and the answer is 503, so WeChat's retry can publish it.
+//! The bus is the only work on the request path (a conditional write to recognise a retry, one
+//! `PutEvents`, the claim marked done): WeChat retries a push it did not get `success` for within
+//! 5 seconds. The push is claimed with a short lease while it is published, and for a day once it
+//! is: a retry that meets the lease gets 503 (WeChat tries again), one that meets the day gets
+//! `success`. If the bus fails, the claim is given back and the answer is 503, so WeChat's retry
+//! can publish it. A plaintext push's signature is remembered with its body's hash for 10
+//! minutes: the same signature with another body is refused (it covers no part of the body).
 //! Bad input (signature, key, app id, a malformed or oversized body) is a 4xx, nothing is
 //! published, and nothing from the body is logged.
 
@@ -19,10 +23,13 @@ use serde_json::Value;
 use crate::app::App;
 use crate::error::ApiError;
 use crate::events::{BusEvent, PUSH_SOURCE};
-use crate::push::{MAX_PUSH_BYTES, PushKeys, message};
+use crate::push::{MAX_PUSH_BYTES, MAX_SKEW_SECS, PushKeys, message};
+use crate::store::Claim;
 
 /// How long a push is remembered to recognise WeChat's retries (which come within seconds).
 pub const DEDUP_SECS: u64 = 24 * 3600;
+/// How long one request holds a push while it publishes it (the function's timeout is 5 s).
+pub const LEASE_SECS: u64 = 30;
 
 fn keys(app: &App, uri: &Uri) -> Result<PushKeys, ApiError> {
     // Without a push token there is no push route (the contract's "unset: no push route").
@@ -70,22 +77,64 @@ pub async fn receive(
     let detail_type = message::detail_type(&opened.fields)
         .ok_or_else(|| ApiError::InvalidRequest("the push has neither Event nor MsgType".into()))?
         .to_string();
+    // The bus's detail-type: WeChat's event names only (EventBridge allows 128 characters; the
+    // `wechat.` names are this project's own events, never a push's).
+    if detail_type.len() > 128
+        || detail_type.starts_with("wechat.")
+        || !detail_type
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+    {
+        return Err(ApiError::InvalidRequest(
+            "the push's Event (or MsgType) is not an event name".into(),
+        ));
+    }
     let events = app
         .events
         .as_ref()
         .ok_or_else(|| ApiError::EventBus("no EVENT_BUS_NAME is configured".into()))?;
+    // A plaintext push's signature covers no part of the body: a signature seen with another
+    // body in the last minutes is a forgery.
+    if !opened.encrypted {
+        let sig = query(&uri).remove("signature").unwrap_or_default();
+        let body_hash = crate::ids::sha256_hex(&body);
+        let seen = app
+            .store
+            .claim(
+                &format!("sig#{sig}"),
+                &body_hash,
+                now + 2 * MAX_SKEW_SECS,
+                now,
+            )
+            .await?;
+        if !seen.taken() {
+            return Err(ApiError::Forbidden(
+                "the push was refused: its signature was used before with another body".into(),
+            ));
+        }
+    }
     let key = format!("push#{}", message::dedup_key(&opened.fields));
     let holder = crate::ids::new_request_id();
-    if !app
+    // A short lease while this request publishes; "done" for a day once it has.
+    match app
         .store
-        .claim(&key, &holder, now + DEDUP_SECS, now)
+        .claim(&key, &holder, now + LEASE_SECS, now)
         .await?
     {
-        tracing::info!(
-            detail_type,
-            "push received before (WeChat's retry): not published again"
-        );
-        return Ok(text("success".into()));
+        Claim::Taken => {}
+        Claim::Held { until } if until > now + LEASE_SECS => {
+            tracing::info!(
+                detail_type,
+                "push received before (WeChat's retry): not published again"
+            );
+            return Ok(text("success".into()));
+        }
+        Claim::Held { .. } => {
+            // Still being published by another request: WeChat's next retry learns how it went.
+            return Err(ApiError::EventBus(
+                "the same push is being published by another request".into(),
+            ));
+        }
     }
     // A media check's verdict is also kept for `GET /media/check/{trace_id}`.
     if detail_type == "wxa_media_check"
@@ -100,6 +149,9 @@ pub async fn receive(
             tracing::warn!(error = %r, "the push's claim could not be given back");
         }
         return Err(ApiError::EventBus(e));
+    }
+    if let Err(e) = app.store.claim(&key, &holder, now + DEDUP_SECS, now).await {
+        tracing::warn!(error = %e, "the push's claim could not be kept: a retry may publish it again");
     }
     tracing::info!(
         detail_type,

@@ -408,12 +408,10 @@ impl TokenStore for DynamoStore {
     }
 }
 
-/// The grant ledger: one item per user (`grants#<openid>`), an attribute per template and kind
-/// (`o:<template id>`, the one-time count; `l:<template id>`, the standing grant), so a send's
-/// "use one grant" is one conditional update and `GET /subscriptions` one read.
-fn grant_names(template_id: &str) -> Value {
-    json!({ "#o": format!("o:{template_id}"), "#l": format!("l:{template_id}") })
-}
+// The grant ledger: one item per user (`grants#<openid>`), an attribute per template and kind
+// (`o:<template id>`, the one-time count; `l:<template id>`, the standing grant), so a push's
+// changes are one update, a send's "use one grant" one conditional update and
+// `GET /subscriptions` one read.
 
 #[async_trait]
 impl MessageStore for DynamoStore {
@@ -423,22 +421,31 @@ impl MessageStore for DynamoStore {
         holder: &str,
         expires_at: u64,
         now: u64,
-    ) -> Result<bool, StoreError> {
-        // A retry after an applied attempt meets its own claim: counted as made.
-        self.conditional_or_ours(
-            "PutItem",
-            json!({
-                "Item": {
-                    "pk": s(claim_pk(key)),
-                    "holder": s(holder),
-                    "expires_at": n(expires_at),
-                },
-                "ConditionExpression": "attribute_not_exists(pk) OR expires_at <= :now",
-                "ExpressionAttributeValues": { ":now": n(now) },
-            }),
-            |old| get_s(old, "holder").as_deref() == Some(holder),
-        )
-        .await
+    ) -> Result<Claim, StoreError> {
+        let request = json!({
+            "Item": {
+                "pk": s(claim_pk(key)),
+                "holder": s(holder),
+                "expires_at": n(expires_at),
+            },
+            "ConditionExpression": "attribute_not_exists(pk) OR expires_at <= :now OR holder = :h",
+            "ExpressionAttributeValues": { ":now": n(now), ":h": s(holder) },
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        });
+        match self.call("PutItem", request).await {
+            Ok(_) => Ok(Claim::Taken),
+            Err(e) if e.code == "ConditionalCheckFailedException" => {
+                let old = e.old_item.unwrap_or_default();
+                // A retry after an applied attempt meets its own claim.
+                if get_s(&old, "holder").as_deref() == Some(holder) {
+                    return Ok(Claim::Taken);
+                }
+                Ok(Claim::Held {
+                    until: get_n(&old, "expires_at").unwrap_or(u64::MAX),
+                })
+            }
+            Err(e) => Err(err(e)),
+        }
     }
 
     async fn release_claim(&self, key: &str, holder: &str) -> Result<(), StoreError> {
@@ -454,32 +461,67 @@ impl MessageStore for DynamoStore {
         .map(|_| ())
     }
 
-    async fn change_grant(
+    async fn change_grants(
         &self,
         openid: &str,
-        template_id: &str,
-        change: GrantChange,
+        changes: &[(String, NetChange)],
     ) -> Result<(), StoreError> {
-        let (update, values) = match change {
-            GrantChange::AddOneTime => ("ADD #o :one", Some(json!({ ":one": n(1) }))),
-            GrantChange::ClearOneTime => ("REMOVE #o", None),
-            GrantChange::LongTerm(true) => ("SET #l = :t", Some(json!({ ":t": { "BOOL": true } }))),
-            GrantChange::LongTerm(false) => ("REMOVE #o, #l", None),
-        };
-        let mut names = grant_names(template_id);
-        if !update.contains("#l") {
-            names.as_object_mut().expect("object").remove("#l");
+        let (mut set, mut add, mut remove) = (Vec::new(), Vec::new(), Vec::new());
+        let mut names = Map::new();
+        let mut values = Map::new();
+        for (i, (template_id, c)) in changes.iter().enumerate() {
+            let (o, l) = (format!("#o{i}"), format!("#l{i}"));
+            let mut used = (false, false);
+            match (c.clear, c.add) {
+                (true, 0) => remove.push(o.clone()),
+                (true, k) => {
+                    set.push(format!("{o} = :a{i}"));
+                    values.insert(format!(":a{i}"), n(u64::from(k)));
+                }
+                (false, 0) => {}
+                (false, k) => {
+                    add.push(format!("{o} :a{i}"));
+                    values.insert(format!(":a{i}"), n(u64::from(k)));
+                }
+            }
+            if c.clear || c.add > 0 {
+                used.0 = true;
+            }
+            match c.long_term {
+                Some(true) => {
+                    set.push(format!("{l} = :t"));
+                    values.insert(":t".into(), json!({ "BOOL": true }));
+                    used.1 = true;
+                }
+                Some(false) => {
+                    remove.push(l.clone());
+                    used.1 = true;
+                }
+                None => {}
+            }
+            if used.0 {
+                names.insert(o, json!(format!("o:{template_id}")));
+            }
+            if used.1 {
+                names.insert(l, json!(format!("l:{template_id}")));
+            }
         }
-        if !update.contains("#o") {
-            names.as_object_mut().expect("object").remove("#o");
+        let mut clauses = Vec::new();
+        for (word, parts) in [("SET", &set), ("ADD", &add), ("REMOVE", &remove)] {
+            if !parts.is_empty() {
+                clauses.push(format!("{word} {}", parts.join(", ")));
+            }
+        }
+        if clauses.is_empty() {
+            return Ok(());
         }
         let mut request = json!({
             "Key": { "pk": s(grants_pk(openid)) },
-            "UpdateExpression": update,
+            "UpdateExpression": clauses.join(" "),
             "ExpressionAttributeNames": names,
         });
-        if let Some(v) = values {
-            request["ExpressionAttributeValues"] = v;
+        if !values.is_empty() {
+            request["ExpressionAttributeValues"] = Value::Object(values);
         }
         self.call("UpdateItem", request).await.map_err(err)?;
         Ok(())
@@ -506,8 +548,7 @@ impl MessageStore for DynamoStore {
         }
         // Never below zero, whoever else is sending. (A retry after an applied attempt uses
         // two grants: the ledger then errs towards not sending.)
-        let mut names = grant_names(template_id);
-        names.as_object_mut().expect("object").remove("#l");
+        let names = json!({ "#o": format!("o:{template_id}") });
         let taken = self
             .conditional(
                 "UpdateItem",
@@ -538,6 +579,7 @@ impl MessageStore for DynamoStore {
                 Value::String(t) => s(t.clone()),
                 Value::Number(num) => json!({ "N": num.to_string() }),
                 Value::Bool(b) => json!({ "BOOL": b }),
+                // Scalars only (the embedded store keeps the same).
                 _ => continue,
             };
             sets.push(format!("#f{i} = :f{i}"));

@@ -220,17 +220,18 @@ impl MessageStore for MemoryStore {
         holder: &str,
         expires_at: u64,
         now: u64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Claim, StoreError> {
         let mut g = self.lock();
         if g.claims.len() % 1024 == 1023 {
             g.claims.retain(|_, (_, exp)| *exp > now);
+            g.records.retain(|_, (_, exp)| *exp > now);
         }
         match g.claims.get(key) {
-            Some((_, exp)) if *exp > now => Ok(false),
+            Some((h, exp)) if *exp > now && h != holder => Ok(Claim::Held { until: *exp }),
             _ => {
                 g.claims
                     .insert(key.to_string(), (holder.to_string(), expires_at));
-                Ok(true)
+                Ok(Claim::Taken)
             }
         }
     }
@@ -243,24 +244,22 @@ impl MessageStore for MemoryStore {
         Ok(())
     }
 
-    async fn change_grant(
+    async fn change_grants(
         &self,
         openid: &str,
-        template_id: &str,
-        change: GrantChange,
+        changes: &[(String, NetChange)],
     ) -> Result<(), StoreError> {
         let mut g = self.lock();
-        let entry = g
-            .grants
-            .entry(openid.to_string())
-            .or_default()
-            .entry(template_id.to_string())
-            .or_default();
-        match change {
-            GrantChange::AddOneTime => entry.0 += 1,
-            GrantChange::ClearOneTime => entry.0 = 0,
-            GrantChange::LongTerm(true) => entry.1 = true,
-            GrantChange::LongTerm(false) => *entry = (0, false),
+        let user = g.grants.entry(openid.to_string()).or_default();
+        for (template_id, n) in changes {
+            let entry = user.entry(template_id.clone()).or_default();
+            if n.clear {
+                entry.0 = 0;
+            }
+            entry.0 += n.add;
+            if let Some(lt) = n.long_term {
+                entry.1 = lt;
+            }
         }
         Ok(())
     }
@@ -296,7 +295,11 @@ impl MessageStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let mut g = self.lock();
         let entry = g.records.entry(key.to_string()).or_default();
-        for (k, v) in fields {
+        // Scalars only, as DynamoDB's record keeps them.
+        for (k, v) in fields
+            .iter()
+            .filter(|(_, v)| v.is_string() || v.is_number() || v.is_boolean())
+        {
             entry.0.insert(k.clone(), v.clone());
         }
         entry.1 = expires_at;

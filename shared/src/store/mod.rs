@@ -151,26 +151,84 @@ pub enum Taken {
     OneTime,
 }
 
+/// What [`MessageStore::claim`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The claim is ours now (made, or renewed: it was ours already).
+    Taken,
+    /// Someone else holds it until then (epoch seconds).
+    Held { until: u64 },
+}
+
+impl Claim {
+    pub fn taken(self) -> bool {
+        self == Claim::Taken
+    }
+}
+
+/// The net effect of a push's changes to one template, applied in one write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetChange {
+    /// Clear the one-time grants first.
+    pub clear: bool,
+    /// Then add this many.
+    pub add: u32,
+    /// Then set (true) or withdraw (false) the standing grant.
+    pub long_term: Option<bool>,
+}
+
+impl NetChange {
+    /// The changes of `changes`, in order, folded into one.
+    pub fn of(changes: impl IntoIterator<Item = GrantChange>) -> Self {
+        changes.into_iter().fold(NetChange::default(), |mut n, c| {
+            match c {
+                GrantChange::AddOneTime => n.add += 1,
+                GrantChange::ClearOneTime => (n.clear, n.add) = (true, 0),
+                GrantChange::LongTerm(true) => n.long_term = Some(true),
+                GrantChange::LongTerm(false) => {
+                    (n.clear, n.add, n.long_term) = (true, 0, Some(false));
+                }
+            }
+            n
+        })
+    }
+}
+
 #[async_trait]
 pub trait MessageStore: Send + Sync {
-    /// Claims `key` for `holder` until `expires_at` (epoch seconds) unless an unexpired claim
-    /// exists: true if this call made it. Conditional write: however often a push or an event is
-    /// delivered, across all instances one delivery wins.
+    /// Claims `key` for `holder` until `expires_at` (epoch seconds) unless someone else holds an
+    /// unexpired claim; a claim `holder` already has is renewed to `expires_at` (a lease made
+    /// "done" for longer, or a retry that meets its own write). Conditional write: across all
+    /// instances one holder at a time.
     async fn claim(
         &self,
         key: &str,
         holder: &str,
         expires_at: u64,
         now: u64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Claim, StoreError>;
     /// Drops `holder`'s claim on `key` (its work failed: a redelivery may do it).
     async fn release_claim(&self, key: &str, holder: &str) -> Result<(), StoreError>;
+    /// Applies the changes to `openid`'s grants, each template's folded into one, all in one
+    /// write (a push's items are applied together or not at all).
+    async fn change_grants(
+        &self,
+        openid: &str,
+        changes: &[(String, NetChange)],
+    ) -> Result<(), StoreError>;
+    /// One change to one template.
     async fn change_grant(
         &self,
         openid: &str,
         template_id: &str,
         change: GrantChange,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.change_grants(
+            openid,
+            &[(template_id.to_string(), NetChange::of([change]))],
+        )
+        .await
+    }
     /// Uses a grant for one send: the standing one if given, else one one-time grant (never
     /// below zero, across all instances); `None` when there is neither.
     async fn take_grant(

@@ -430,9 +430,19 @@ async fn links_are_made_checked_mapped_and_cached() {
         (SCHEME, 40013, 502, "wechat_error", ""),
         (SCHEME, 44990, 429, "rate_limited", ""),
         (SCHEME, 45009, 429, "rate_limited", ""),
+        (URLLINK, 85402, 400, "invalid_request", "env_version"),
+        (SHORTLINK, 40066, 400, "invalid_request", "path"),
+        (SHORTLINK, 85400, 429, "rate_limited", ""),
     ] {
         env.script(path, errcode, 1);
-        let r = post(&env, "/links", &token, fresh(&format!("e={errcode}"))).await;
+        let kind = match path {
+            SCHEME => "scheme",
+            URLLINK => "url_link",
+            _ => "short_link",
+        };
+        let mut body = fresh(&format!("e={errcode}"));
+        body["kind"] = json!(kind);
+        let r = post(&env, "/links", &token, body).await;
         let e = assert_error(&r, status, code);
         assert_eq!(e["wechat_errcode"], errcode);
         assert!(e["message"].as_str().unwrap().contains(names), "{e}");

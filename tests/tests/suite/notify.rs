@@ -141,7 +141,7 @@ async fn popups_with_several_items_and_setting_changes_keep_the_ledger() {
         async move {
             let (s, _) = env
                 .sandbox()
-                .push(url, &spec(PushMode::Plain, format, m))
+                .push(url, &spec(PushMode::Compatible, format, m))
                 .await
                 .unwrap();
             assert_eq!(s, 200);
@@ -291,6 +291,44 @@ async fn wechats_refusals_are_results_and_an_unused_grant_is_given_back() {
     env.sandbox().invalidate_all_tokens();
     let (outcome, _) = send(&env, send_detail(&openid, ONE_TIME, "k-ok")).await;
     assert_eq!(outcome, Outcome::Sent(Status::Sent));
+    assert_eq!(grants(&env, &token).await, json!([]));
+    // WeChat sends the message but its answer is lost (a gateway's 502): the outcome is
+    // unknown, so the key stays used (a redelivery sends nothing) and so does the grant.
+    env.sandbox().grant(&openid, ONE_TIME, 1, false);
+    env.app
+        .store
+        .change_grant(&openid, ONE_TIME, wxmp::store::GrantChange::AddOneTime)
+        .await
+        .unwrap();
+    env.sandbox().set_faults(wechat_sandbox::Faults {
+        lost_answers: vec![wechat_sandbox::LostAnswer {
+            path: SEND_PATH.into(),
+            count: 1,
+            only_force: false,
+        }],
+        ..Default::default()
+    });
+    let sent_before = env.sandbox().subscribe_messages().len();
+    let (outcome, result) = send(&env, send_detail(&openid, ONE_TIME, "k-lost")).await;
+    assert_eq!(outcome, Outcome::Sent(Status::Failed));
+    assert!(
+        result.unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown")
+    );
+    assert_eq!(
+        env.sandbox().subscribe_messages().len(),
+        sent_before + 1,
+        "WeChat did send it"
+    );
+    let (outcome, _) = send(&env, send_detail(&openid, ONE_TIME, "k-lost")).await;
+    assert_eq!(outcome, Outcome::Duplicate);
+    assert_eq!(
+        env.sandbox().subscribe_messages().len(),
+        sent_before + 1,
+        "and only once"
+    );
     assert_eq!(grants(&env, &token).await, json!([]));
     // The ledger thinks there is a grant WeChat does not: 43101, and the ledger learns.
     env.app

@@ -44,6 +44,14 @@ pub async fn post_to(app: &wxmp::App, req: &PushRequest) -> e2e::Reply {
     .await
 }
 
+/// The env's app as a receiver without an EncodingAESKey (the console in plaintext mode).
+pub fn plain_app(env: &TestEnv) -> wxmp::App {
+    wxmp::App {
+        push: Some(wxmp::push::PushKeys::new(&SandboxConfig::default().push_token, None).unwrap()),
+        ..env.app.clone()
+    }
+}
+
 fn text_message(n: u64) -> Value {
     json!({
         "ToUserName": "gh_sandbox000001",
@@ -75,7 +83,15 @@ async fn every_mode_and_format_is_published_once_as_one_json_shape() {
             if mode == PushMode::Safe {
                 assert!(!req.body.contains("hello"), "safe mode hides the message");
             }
-            assert_success(&post(&env, &req).await);
+            if mode == PushMode::Plain {
+                // A receiver with an EncodingAESKey takes encrypted pushes only (a plaintext
+                // signature covers no part of the body); the console in plaintext mode has none.
+                let r = post(&env, &req).await;
+                assert_eq!((r.status, r.error_code().as_str()), (403, "forbidden"));
+                assert_success(&post_to(&plain_app(&env), &req).await);
+            } else {
+                assert_success(&post(&env, &req).await);
+            }
             expected.push(msg);
         }
     }
@@ -136,7 +152,7 @@ async fn wechat_retries_are_published_once_and_media_results_are_told_apart() {
             &post(
                 &env,
                 &env.sandbox()
-                    .build_push(&spec(PushMode::Plain, PushFormat::Json, m)),
+                    .build_push(&spec(PushMode::Safe, PushFormat::Json, m)),
             )
             .await,
         );
@@ -331,8 +347,15 @@ async fn bad_pushes_are_refused_and_nothing_is_published() {
             "payload_too_large",
         ),
     ];
+    let plain_receiver = plain_app(&env);
     for (what, req, status, code) in &cases {
-        let r = post(&env, req).await;
+        // Plaintext pushes go to a receiver in plaintext mode, encrypted ones to the keyed one.
+        let encrypted = req.query.iter().any(|(k, _)| k == "msg_signature");
+        let r = if encrypted {
+            post(&env, req).await
+        } else {
+            post_to(&plain_receiver, req).await
+        };
         assert_eq!(
             (r.status, r.error_code().as_str()),
             (*status, *code),
@@ -344,6 +367,39 @@ async fn bad_pushes_are_refused_and_nothing_is_published() {
             "{what}"
         );
     }
+    // A plaintext push's signature replayed with another body (it covers no part of it): the
+    // first body goes through, the other is refused; the same body again is WeChat's retry.
+    let first = env.sandbox().build_push(&spec(
+        PushMode::Plain,
+        PushFormat::Json,
+        json!({"MsgType": "text", "Content": "hi", "MsgId": 5, "CreateTime": 1}),
+    ));
+    assert_success(&post_to(&plain_receiver, &first).await);
+    assert_success(&post_to(&plain_receiver, &first).await);
+    let forged = with_body(
+        &first,
+        &format!(
+            "{{\"MsgType\":\"text\",\"Content\":\"{secret_text}\",\"MsgId\":6,\"CreateTime\":1}}"
+        ),
+    );
+    let r = post_to(&plain_receiver, &forged).await;
+    assert_eq!((r.status, r.error_code().as_str()), (403, "forbidden"));
+    assert_eq!(
+        bus.take_exactly(1).await.len(),
+        1,
+        "the first body only, once"
+    );
+    // A plaintext push to the receiver with a key: refused (it takes encrypted pushes only).
+    let r = post(&env, &plain).await;
+    assert_eq!((r.status, r.error_code().as_str()), (403, "forbidden"));
+    // A push posing as one of the project's own events.
+    let posing = env.sandbox().build_push(&spec(PushMode::Safe, PushFormat::Json,
+        json!({"MsgType": "event", "Event": "wechat.subscribe.send", "openid": "x", "CreateTime": 1})));
+    let r = post(&env, &posing).await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "invalid_request")
+    );
     // A receiver whose EncodingAESKey is another one.
     let wrong_key = env.build_app_with(
         &[(
@@ -426,4 +482,38 @@ async fn the_sandbox_delivers_over_http_to_a_served_receiver() {
         assert_eq!((status, body.as_str()), (200, "success"));
     }
     assert_eq!(bus.take_exactly(2).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_retry_while_the_first_delivery_still_publishes_is_told_to_come_back() {
+    let env = env().await;
+    let bus = env.bus.as_ref().unwrap();
+    let msg = text_message(77);
+    let req = env
+        .sandbox()
+        .build_push(&spec(PushMode::Safe, PushFormat::Xml, msg.clone()));
+    // Another instance is publishing this push right now (it holds the short lease).
+    let key = format!(
+        "push#{}",
+        wxmp::push::message::dedup_key(msg.as_object().unwrap())
+    );
+    let now = wxmp::now_secs();
+    assert!(env.store_claim(&key, "other-instance", now + 30, now).await);
+    let r = post(&env, &req).await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (503, "store_unavailable")
+    );
+    assert!(bus.take_exactly(0).await.is_empty());
+    // That instance died; its lease runs out; WeChat's next retry publishes the push.
+    env.app
+        .store
+        .release_claim(&key, "other-instance")
+        .await
+        .unwrap();
+    assert_success(&post(&env, &req).await);
+    assert_eq!(bus.take_exactly(1).await.len(), 1);
+    // And after that, a retry is answered success without a second event.
+    assert_success(&post(&env, &req).await);
+    assert!(bus.take_exactly(0).await.is_empty());
 }

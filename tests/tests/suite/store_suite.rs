@@ -185,19 +185,57 @@ async fn sessions(store: Arc<dyn Store>) {
 }
 
 async fn claims_and_grants(store: Arc<dyn Store>, concurrent_updates_are_atomic: bool) {
+    use wxmp::store::Claim;
     use wxmp::store::{Grant, GrantChange::*, Taken};
-    // A claim holds until it expires; only its holder gives it back.
-    assert!(store.claim("push#1", "a", 2000, 1000).await.unwrap());
-    assert!(!store.claim("push#1", "b", 3000, 1999).await.unwrap());
+    // A claim holds until it expires; only its holder gives it back or renews it.
+    assert_eq!(
+        store.claim("push#1", "a", 2000, 1000).await.unwrap(),
+        Claim::Taken
+    );
+    assert_eq!(
+        store.claim("push#1", "b", 3000, 1999).await.unwrap(),
+        Claim::Held { until: 2000 }
+    );
     store.release_claim("push#1", "b").await.unwrap();
-    assert!(!store.claim("push#1", "b", 3000, 1999).await.unwrap());
-    store.release_claim("push#1", "a").await.unwrap();
-    assert!(store.claim("push#1", "b", 3000, 1999).await.unwrap());
     assert!(
-        store.claim("push#1", "c", 4000, 3000).await.unwrap(),
+        !store
+            .claim("push#1", "b", 3000, 1999)
+            .await
+            .unwrap()
+            .taken()
+    );
+    // Its holder renews it (a lease made "done" for longer).
+    assert_eq!(
+        store.claim("push#1", "a", 90_000, 1500).await.unwrap(),
+        Claim::Taken
+    );
+    assert_eq!(
+        store.claim("push#1", "b", 3000, 1999).await.unwrap(),
+        Claim::Held { until: 90_000 }
+    );
+    store.release_claim("push#1", "a").await.unwrap();
+    assert!(
+        store
+            .claim("push#1", "b", 3000, 1999)
+            .await
+            .unwrap()
+            .taken()
+    );
+    assert!(
+        store
+            .claim("push#1", "c", 4000, 3000)
+            .await
+            .unwrap()
+            .taken(),
         "expired"
     );
-    assert!(store.claim("push#2", "c", 4000, 3000).await.unwrap());
+    assert!(
+        store
+            .claim("push#2", "c", 4000, 3000)
+            .await
+            .unwrap()
+            .taken()
+    );
 
     let g = |t: &str, one_time, long_term| Grant {
         template_id: t.into(),
@@ -241,6 +279,25 @@ async fn claims_and_grants(store: Arc<dyn Store>, concurrent_updates_are_atomic:
     store.change_grant("o2", "T1", ClearOneTime).await.unwrap();
     assert_eq!(store.grants("o1").await.unwrap(), vec![]);
     assert_eq!(store.grants("o2").await.unwrap(), vec![]);
+    // A push's changes to several templates, in one write.
+    use wxmp::store::NetChange;
+    store.change_grant("o3", "T2", AddOneTime).await.unwrap();
+    store
+        .change_grants(
+            "o3",
+            &[
+                ("T1".into(), NetChange::of([AddOneTime, AddOneTime])),
+                ("T2".into(), NetChange::of([ClearOneTime, AddOneTime])),
+                ("T3".into(), NetChange::of([LongTerm(true)])),
+                ("T4".into(), NetChange::of([AddOneTime, LongTerm(false)])),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.grants("o3").await.unwrap(),
+        vec![g("T1", 2, false), g("T2", 1, false), g("T3", 0, true)]
+    );
 
     if !concurrent_updates_are_atomic {
         return;
@@ -260,7 +317,13 @@ async fn claims_and_grants(store: Arc<dyn Store>, concurrent_updates_are_atomic:
     let mut set = JoinSet::new();
     for i in 0..20 {
         let store = store.clone();
-        set.spawn(async move { store.claim("race", &format!("h{i}"), 10, 1).await.unwrap() });
+        set.spawn(async move {
+            store
+                .claim("race", &format!("h{i}"), 10, 1)
+                .await
+                .unwrap()
+                .taken()
+        });
     }
     assert_eq!(set.join_all().await.into_iter().filter(|w| *w).count(), 1);
 }
