@@ -243,8 +243,11 @@ mod tests {
     fn opens_what_it_seals_and_refuses_the_rest() {
         let keys = PushKeys::new("tok", Some(KEY)).unwrap();
         let msg = r#"{"MsgType":"event","Event":"x","CreateTime":5}"#;
+        let plain_keys = PushKeys::new("tok", None).unwrap();
         for encrypt in [false, true] {
             for format in [Format::Json, Format::Xml] {
+                // A receiver with a key takes encrypted pushes; plaintext mode has none.
+                let keys = if encrypt { &keys } else { &plain_keys };
                 let (query, body) = keys.seal(msg, "wx1", 1000, "n", encrypt, format);
                 let o = keys
                     .open(&q(query.clone()), body.as_bytes(), "wx1", 1000)
