@@ -53,6 +53,8 @@ pub async fn request(req: Request, next: Next) -> Response {
         .or_else(|| lambda.map(|c| c.request_id.clone()))
         .unwrap_or_else(crate::ids::new_request_id);
     let by = lambda.and_then(|c| answer_by(c.deadline));
+    // X-Ray's trace id (Lambda with tracing active), so a log line leads to its trace.
+    let trace_id = lambda.and_then(|c| c.xray_trace_id.clone());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let started = clock::now();
@@ -75,22 +77,36 @@ pub async fn request(req: Request, next: Next) -> Response {
         }
     })
     .await;
-    log(&request_id, &method, &path, &resp, clock::now() - started);
+    log(
+        &request_id,
+        trace_id.as_deref(),
+        &method,
+        &path,
+        &resp,
+        clock::now() - started,
+    );
     resp
 }
 
-fn log(request_id: &str, method: &http::Method, path: &str, resp: &Response, took: Duration) {
+fn log(
+    request_id: &str,
+    trace_id: Option<&str>,
+    method: &http::Method,
+    path: &str,
+    resp: &Response,
+    took: Duration,
+) {
     let status = resp.status().as_u16();
     let ms = took.as_secs_f64() * 1000.0;
     match resp.extensions().get::<Logged>() {
         None => {
-            tracing::info!(request_id, method = %method, path, status, ms, "request served")
+            tracing::info!(request_id, trace_id, method = %method, path, status, ms, "request served")
         }
         Some(e) if status >= 500 => {
-            tracing::error!(request_id, method = %method, path, status, code = e.code, error = %e.detail, ms, "request failed")
+            tracing::error!(request_id, trace_id, method = %method, path, status, code = e.code, error = %e.detail, ms, "request failed")
         }
         Some(e) => {
-            tracing::info!(request_id, method = %method, path, status, code = e.code, error = %e.detail, ms, "request refused")
+            tracing::info!(request_id, trace_id, method = %method, path, status, code = e.code, error = %e.detail, ms, "request refused")
         }
     }
 }

@@ -153,6 +153,20 @@ async fn login_session_logout_through_the_binary() {
             .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
         assert!(v.is_object(), "{line}");
     }
+    // Each request's line carries X-Ray's trace id (Lambda's Lambda-Runtime-Trace-Id).
+    let served: Vec<Value> = output
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["request_id"] == a.request_id.as_str() && v["status"].is_number())
+        .collect();
+    assert_eq!(served.len(), 1, "{output}");
+    assert!(
+        served[0]["trace_id"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Root=1-")),
+        "{}",
+        served[0]
+    );
 }
 
 async fn stored_session_keys(env: &TestEnv) -> Vec<String> {
