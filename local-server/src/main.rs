@@ -23,6 +23,8 @@ use wxmp::{App, Config, Surface};
 #[tokio::main]
 async fn main() {
     wxmp::logging::init();
+    // EMF lines to stdout, or to METRICS_FILE, as the functions write them.
+    wxmp::metrics::init("local-server");
     if let Err(e) = run().await {
         tracing::error!(error = %e, "local-server failed to start");
         // stderr may be closed too: nothing here may panic.

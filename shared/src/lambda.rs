@@ -18,6 +18,7 @@ use crate::routes::{Surface, router};
 
 /// Runs the function until Lambda stops it.
 pub async fn run(app: App, surface: Surface) -> Result<(), Error> {
+    crate::metrics::init(surface.function_name());
     let service = ServiceBuilder::new()
         .map_request(strip_stage)
         .service(router(Arc::new(app), surface));

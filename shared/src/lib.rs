@@ -13,6 +13,7 @@ pub mod http;
 pub mod ids;
 pub mod lambda;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod push;

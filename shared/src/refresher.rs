@@ -15,6 +15,7 @@ pub async fn run_with_interval(
 ) -> Result<serde_json::Value, TokenError> {
     match app.tokens.refresh_scheduled(interval).await {
         Ok(r) => {
+            crate::metrics::refresher_run(true, Some(r.remaining_secs));
             tracing::info!(
                 mode = r.mode,
                 fetched = r.fetched,
@@ -24,6 +25,7 @@ pub async fn run_with_interval(
             Ok(serde_json::to_value(r).expect("report serialises"))
         }
         Err(e) => {
+            crate::metrics::refresher_run(false, None);
             tracing::error!(mode = app.tokens.mode().as_str(), error = %e, "token refresh failed");
             Err(e)
         }

@@ -10,15 +10,18 @@ use wxmp::events::BusEvent;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     wxmp::logging::init();
+    wxmp::metrics::init("notify");
     let app = App::from_env().await?;
     app.require_events()?;
     let app = &app;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<BusEvent>| async move {
         let id = event.context.request_id.clone();
-        wxmp::scope::run_request(id, None, wxmp::notify::handle(app, &event.payload))
+        let handled = wxmp::scope::run_request(id, None, wxmp::notify::handle(app, &event.payload))
             .await
             .map(|outcome| format!("{outcome:?}"))
-            .map_err(Error::from)
+            .map_err(Error::from);
+        wxmp::metrics::flush();
+        handled
     }))
     .await
 }

@@ -10,11 +10,14 @@ use wxmp::App;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     wxmp::logging::init();
+    wxmp::metrics::init("token-refresher");
     let app = App::from_env().await?;
     let interval = app.config.refresh_interval;
     let app = &app;
     lambda_runtime::run(service_fn(move |_: LambdaEvent<Value>| async move {
-        Ok::<_, Error>(wxmp::refresher::run_with_interval(app, interval).await?)
+        let ran = wxmp::refresher::run_with_interval(app, interval).await;
+        wxmp::metrics::flush();
+        Ok::<_, Error>(ran?)
     }))
     .await
 }

@@ -57,6 +57,13 @@ pub async fn request(req: Request, next: Next) -> Response {
     let trace_id = lambda.and_then(|c| c.xray_trace_id.clone());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    // The route's pattern (`/media/check/{trace_id}`), never the path itself, for the metrics.
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().trim_end_matches('/').to_string())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "other".to_string());
     let started = clock::now();
     let id = request_id.clone();
     let resp = scope::run_request(request_id.clone(), by, async move {
@@ -77,14 +84,24 @@ pub async fn request(req: Request, next: Next) -> Response {
         }
     })
     .await;
+    let took = clock::now() - started;
     log(
         &request_id,
         trace_id.as_deref(),
         &method,
         &path,
         &resp,
-        clock::now() - started,
+        took,
     );
+    crate::metrics::request(
+        &route,
+        resp.status().as_u16(),
+        resp.extensions().get::<Logged>().map(|e| e.code),
+        resp.headers().get("x-cache").is_some_and(|v| v == "hit"),
+        took.as_secs_f64() * 1000.0,
+    );
+    // Once per invocation: what this request (and anything since the last flush) recorded.
+    crate::metrics::flush();
     resp
 }
 

@@ -44,6 +44,16 @@ pub enum Surface {
 }
 
 impl Surface {
+    /// The function that serves it (the metrics' `function` dimension).
+    pub fn function_name(self) -> &'static str {
+        match self {
+            Surface::Sessions => "login",
+            Surface::Codes => "qrcode",
+            Surface::Push => "push",
+            Surface::All => "local-server",
+        }
+    }
+
     fn includes(self, owner: Surface) -> bool {
         self == Surface::All || self == owner
     }

@@ -348,6 +348,7 @@ impl TokenKeeper {
             fetched_at_ms: started_ms,
         };
         self.store.put_token(&self.key, &ours).await?;
+        crate::metrics::token_fetched(self.mode.as_str());
         tracing::info!(
             mode = self.mode.as_str(),
             expires_in = fetched.expires_in,
@@ -409,6 +410,7 @@ impl TokenKeeper {
             mode = self.mode.as_str(),
             "stable token rejected but still current: force refresh"
         );
+        crate::metrics::force_refreshed();
         self.wechat
             .stable_token(true)
             .await
@@ -445,12 +447,14 @@ impl TokenKeeper {
 
     fn fetch_error(&self, e: WxError) -> TokenError {
         log_fetch_error(self.mode, &e);
+        crate::metrics::token_fetch_failed();
         TokenError::Fetch(e)
     }
 
     /// Handles a rejection of `failed`: a newer shared token if there is one, else a fresh fetch
     /// (by whoever holds the lease, which drops `failed` from the table if it is still there).
     async fn replace_rejected(&self, failed: &Secret) -> Result<Got, TokenError> {
+        crate::metrics::token_rejected();
         self.cache.forget(failed);
         self.fetch_once(Some(failed)).await
     }

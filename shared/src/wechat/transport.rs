@@ -81,6 +81,13 @@ impl WeChatClient {
                         _ => Ok((ct, bytes)),
                     });
                     let ms = started.elapsed().as_millis() as u64;
+                    crate::metrics::wechat_call(
+                        path,
+                        match &result {
+                            Ok(_) => Some(0),
+                            Err(e) => e.errcode(),
+                        },
+                    );
                     match &result {
                         Ok(_) => tracing::debug!(wechat_path = path, attempt, ms, "wechat call ok"),
                         Err(e) => tracing::warn!(wechat_path = path, attempt, ms, error = %e, "wechat call failed"),

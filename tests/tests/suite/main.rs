@@ -11,6 +11,7 @@ mod lambda_push;
 mod local_server;
 mod login;
 mod me;
+mod metrics;
 mod notify;
 mod ops;
 mod push;
