@@ -217,3 +217,46 @@ fn the_app_secret_is_in_secrets_manager_never_in_an_environment() {
     let secret = &doc["Resources"]["AppSecret"];
     assert_eq!(secret["Condition"].as_str(), Some("CreateSecret"));
 }
+
+/// The dashboard's body is the JSON CloudWatch takes once `!Sub` fills it in, with the code
+/// success rate first; every custom metric the dashboard and the alarms name is one the
+/// functions emit (tests/tests/suite/metrics.rs counts them).
+#[test]
+fn the_dashboard_and_alarms_read_the_functions_metrics() {
+    let doc = yaml("template.yaml");
+    let body = &doc["Resources"]["Dashboard"]["Properties"]["DashboardBody"];
+    let Value::Tagged(sub) = body else {
+        panic!("DashboardBody is a !Sub: {body:?}")
+    };
+    let template = sub.value[0].as_str().expect("the !Sub template");
+    let filled = template
+        .replace("${AWS::Region}", "ap-east-1")
+        .replace("${Ns}", "WeChatMiniProgram");
+    assert!(!filled.contains("${"), "every ${{...}} is filled in");
+    let json: serde_json::Value = serde_json::from_str(&filled).expect("the dashboard is JSON");
+    let widgets = json["widgets"].as_array().expect("widgets");
+    assert_eq!(widgets.len(), 6);
+    assert!(widgets[0]["properties"]["title"].as_str().unwrap().contains("success rate"));
+    let emitted = [
+        "CodesOk", "CodesFailed", "Logins", "TokenFetches", "TokenRejections", "ForceRefreshes",
+        "TokenFetchFailures", "WeChatCalls", "Latency", "TokenRemainingSecs",
+    ];
+    let text = serde_yaml::to_string(&doc["Resources"]).unwrap();
+    for name in ["CodesOk", "CodesFailed", "TokenFetchFailures", "TokenRemainingSecs", "Latency"] {
+        assert!(filled.contains(name) || text.contains(name), "{name}");
+    }
+    for (_, res) in doc["Resources"].as_mapping().unwrap() {
+        if res["Type"].as_str() != Some("AWS::CloudWatch::Alarm") {
+            continue;
+        }
+        for m in res["Properties"]["Metrics"].as_sequence().into_iter().flatten() {
+            let metric = &m["MetricStat"]["Metric"];
+            if metric["Namespace"].as_str() == Some("AWS/ApiGateway") || metric.is_null() {
+                continue;
+            }
+            if let Some(name) = metric["MetricName"].as_str() {
+                assert!(emitted.contains(&name), "alarm on {name}, which nothing emits");
+            }
+        }
+    }
+}
