@@ -556,3 +556,37 @@ async fn media_over_ten_megabytes_is_refused_before_wechat_is_called() {
         .json();
     assert_eq!(stats["calls"]["/wxa/media_check_async"], 1, "{stats}");
 }
+
+/// Locally the EMF lines go to `METRICS_FILE` when it is set (as the functions write them to
+/// their log in Lambda).
+#[tokio::test]
+async fn the_local_server_writes_its_metrics_to_metrics_file() {
+    let file = std::env::temp_dir().join(format!("local-metrics-{}.jsonl", free_port()));
+    let _ = std::fs::remove_file(&file);
+    let server = LocalServer::start(&[("METRICS_FILE".into(), file.display().to_string())]).await;
+    token_of(&server.login("metered.1").await);
+    let _ = server.login("invalid-code").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let docs = loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let docs: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let logins: f64 = docs
+            .iter()
+            .filter_map(|d| d["Logins"].as_f64())
+            .sum();
+        if logins >= 2.0 || Instant::now() > deadline {
+            break docs;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let count = |outcome: &str| -> f64 {
+        docs.iter()
+            .filter(|d| d["outcome"] == outcome && d["function"] == "local-server")
+            .filter_map(|d| d["Logins"].as_f64())
+            .sum()
+    };
+    assert_eq!((count("ok"), count("invalid_code")), (1.0, 1.0), "{docs:#?}");
+    assert!(docs.iter().all(|d| d["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "WeChatMiniProgram"));
+    // Not on stdout then.
+    assert!(!server.output().contains("_aws"), "{}", server.output());
+}

@@ -448,6 +448,30 @@ pub async fn run() {
         figures("login: GET /session".into(), (vec![], vec![]), w, count + 1);
     }
 
+    if only("GET /session") && only("metrics off") {
+        // The same GET /session run with METRICS_DISABLED=1: what the EMF metrics cost.
+        let count = n(10_000);
+        let auth = format!("Bearer {bearer}");
+        let session = v2_event("GET", "/session", &[("authorization", &auth)], None, false);
+        let mut off = fenv.clone();
+        off.push(("METRICS_DISABLED".into(), "1".into()));
+        let w = warm(
+            Runner::Rust("login"),
+            &off,
+            session.clone(),
+            count,
+            &mut |_| session.clone(),
+            "GET /session (metrics off)",
+        )
+        .await;
+        figures(
+            "login: GET /session, metrics off".into(),
+            (vec![], vec![]),
+            w,
+            count + 1,
+        );
+    }
+
     if only("code miss") {
         // qrcode: a code not made before (WeChat renders it; uploaded to S3 after the answer).
         let count = n(1_000);
@@ -628,6 +652,14 @@ fn targets(all: &[Figures]) {
         format!("{:.3} ms", miss.cpu_per_warm.as_secs_f64() * 1e3),
         "-",
         None,
+    );
+    let off = get("login: GET /session, metrics off");
+    let cost = session.cpu_per_warm.as_secs_f64() - off.cpu_per_warm.as_secs_f64();
+    row(
+        "CPU per warm GET /session, metrics on minus off",
+        format!("{:.3} ms", cost * 1e3),
+        "< 0.05 ms",
+        Some(cost < 0.000_05),
     );
     let push = get("push");
     row(
