@@ -15,7 +15,8 @@
 //!   `CodesOk` and `CodesFailed` (the service's failures: WeChat, token, store) for the success
 //!   rate and its alarm;
 //! - `WeChatCalls` {api, errcode: 0, WeChat's errcode, or transport};
-//! - `TokenFetches` {mode}, `TokenFetchFailures`, `TokenRejections`, `ForceRefreshes`;
+//! - `TokenFetches` {mode}, `TokenFetchFailures`, `TokenRejections`, `ForceRefreshes`,
+//!   `LeaseWaits`, `TokenWaitMs` (ms: a request's wait for a token not in memory);
 //! - `RefresherRuns` {outcome: ok|failed} and `TokenRemainingSecs` (s);
 //! - `ColdStarts`.
 
@@ -46,6 +47,11 @@ pub fn init(function: &'static str) {
         {
             Ok(c) => {
                 metrics::describe_histogram!("Latency", Unit::Milliseconds, "handler time");
+                metrics::describe_histogram!(
+                    "TokenWaitMs",
+                    Unit::Milliseconds,
+                    "a request's wait for a token not in memory"
+                );
                 metrics::describe_gauge!(
                     "TokenRemainingSecs",
                     Unit::Seconds,
@@ -137,6 +143,16 @@ pub fn wechat_call(api: &'static str, errcode: Option<i64>) {
 
 pub fn token_fetched(mode: &'static str) {
     metrics::counter!("TokenFetches", "mode" => mode).increment(1);
+}
+
+/// A request found another caller holding the fleet's fetch lease (it waits for that token).
+pub fn lease_wait() {
+    metrics::counter!("LeaseWaits").increment(1);
+}
+
+/// How long a request waited for a token it did not have in memory.
+pub fn token_wait(waited: std::time::Duration) {
+    metrics::histogram!("TokenWaitMs").record(waited.as_secs_f64() * 1000.0);
 }
 
 pub fn token_fetch_failed() {

@@ -200,10 +200,14 @@ impl TokenKeeper {
         if let Some(t) = self.memory() {
             return Ok(t);
         }
-        if let Some(t) = self.shared_except(None).await? {
-            return Ok(t);
-        }
-        Ok(self.fetch_once(None).await?.token)
+        // Beyond memory: how long a request waited for its token is a metric.
+        let started = clock::now();
+        let got = match self.shared_except(None).await? {
+            Some(t) => t,
+            None => self.fetch_once(None).await?.token,
+        };
+        crate::metrics::token_wait(clock::now() - started);
+        Ok(got)
     }
 
     fn memory(&self) -> Option<Secret> {
@@ -265,6 +269,8 @@ impl TokenKeeper {
                 if let Some(got) = self.under_lease(self.fetch_holding_lease(rejected)).await? {
                     return got;
                 }
+                // Another caller holds the fetch lease: this one waits for its token.
+                crate::metrics::lease_wait();
                 next_lease_try = clock::now() + self.opts.poll_interval * 5;
             }
             let now = clock::now();

@@ -569,11 +569,11 @@ async fn the_local_server_writes_its_metrics_to_metrics_file() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let docs = loop {
         let text = std::fs::read_to_string(&file).unwrap_or_default();
-        let docs: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-        let logins: f64 = docs
-            .iter()
-            .filter_map(|d| d["Logins"].as_f64())
-            .sum();
+        let docs: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let logins: f64 = docs.iter().filter_map(|d| d["Logins"].as_f64()).sum();
         if logins >= 2.0 || Instant::now() > deadline {
             break docs;
         }
@@ -585,8 +585,15 @@ async fn the_local_server_writes_its_metrics_to_metrics_file() {
             .filter_map(|d| d["Logins"].as_f64())
             .sum()
     };
-    assert_eq!((count("ok"), count("invalid_code")), (1.0, 1.0), "{docs:#?}");
-    assert!(docs.iter().all(|d| d["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "WeChatMiniProgram"));
+    assert_eq!(
+        (count("ok"), count("invalid_code")),
+        (1.0, 1.0),
+        "{docs:#?}"
+    );
+    assert!(
+        docs.iter()
+            .all(|d| d["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "WeChatMiniProgram")
+    );
     // Not on stdout then.
     assert!(!server.output().contains("_aws"), "{}", server.output());
 }

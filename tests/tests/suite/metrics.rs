@@ -182,6 +182,9 @@ async fn the_qrcode_functions_metrics_count_codes_wechat_calls_and_token_rejecti
     );
     assert_eq!(total(&docs, "TokenFetches", &[("mode", "stable")]), 2.0);
     assert_eq!(total(&docs, "ColdStarts", &all), 1.0);
+    // The first code waited for the token's fetch; the others had it in memory (the one after
+    // the rejection got its replacement through the rejection path, not token()).
+    assert_eq!(total(&docs, "TokenWaitMs", &all), 1.0, "one wait recorded");
     // Nothing secret or per user in them.
     let text = docs.iter().map(Value::to_string).collect::<String>();
     for secret in [

@@ -236,26 +236,52 @@ fn the_dashboard_and_alarms_read_the_functions_metrics() {
     let json: serde_json::Value = serde_json::from_str(&filled).expect("the dashboard is JSON");
     let widgets = json["widgets"].as_array().expect("widgets");
     assert_eq!(widgets.len(), 6);
-    assert!(widgets[0]["properties"]["title"].as_str().unwrap().contains("success rate"));
+    assert!(
+        widgets[0]["properties"]["title"]
+            .as_str()
+            .unwrap()
+            .contains("success rate")
+    );
     let emitted = [
-        "CodesOk", "CodesFailed", "Logins", "TokenFetches", "TokenRejections", "ForceRefreshes",
-        "TokenFetchFailures", "WeChatCalls", "Latency", "TokenRemainingSecs",
+        "CodesOk",
+        "CodesFailed",
+        "Logins",
+        "TokenFetches",
+        "TokenRejections",
+        "ForceRefreshes",
+        "TokenFetchFailures",
+        "WeChatCalls",
+        "Latency",
+        "TokenRemainingSecs",
     ];
     let text = serde_yaml::to_string(&doc["Resources"]).unwrap();
-    for name in ["CodesOk", "CodesFailed", "TokenFetchFailures", "TokenRemainingSecs", "Latency"] {
+    for name in [
+        "CodesOk",
+        "CodesFailed",
+        "TokenFetchFailures",
+        "TokenRemainingSecs",
+        "Latency",
+    ] {
         assert!(filled.contains(name) || text.contains(name), "{name}");
     }
     for (_, res) in doc["Resources"].as_mapping().unwrap() {
         if res["Type"].as_str() != Some("AWS::CloudWatch::Alarm") {
             continue;
         }
-        for m in res["Properties"]["Metrics"].as_sequence().into_iter().flatten() {
+        for m in res["Properties"]["Metrics"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+        {
             let metric = &m["MetricStat"]["Metric"];
             if metric["Namespace"].as_str() == Some("AWS/ApiGateway") || metric.is_null() {
                 continue;
             }
             if let Some(name) = metric["MetricName"].as_str() {
-                assert!(emitted.contains(&name), "alarm on {name}, which nothing emits");
+                assert!(
+                    emitted.contains(&name),
+                    "alarm on {name}, which nothing emits"
+                );
             }
         }
     }
