@@ -52,3 +52,36 @@ pub fn strip_stage(mut req: Request) -> Request {
     }
     req
 }
+
+/// Runs an event function (EventBridge's targets: the refresher, notify) until Lambda stops it:
+/// each event handled in its own request scope, one log line per event with the Lambda request
+/// id, X-Ray's trace id, the outcome and the time, and the metrics flushed after it.
+pub async fn run_events<E, R, F, Fut>(handler: F) -> Result<(), Error>
+where
+    E: serde::de::DeserializeOwned,
+    R: serde::Serialize,
+    F: Fn(E) -> Fut,
+    Fut: std::future::Future<Output = Result<R, Error>>,
+{
+    use lambda_http::lambda_runtime::{LambdaEvent, service_fn};
+    let handler = &handler;
+    lambda_http::lambda_runtime::run(service_fn(move |event: LambdaEvent<E>| async move {
+        let (payload, ctx) = event.into_parts();
+        let request_id = ctx.request_id.clone();
+        let trace_id = ctx.xray_trace_id.clone();
+        let started = crate::clock::now();
+        let result = crate::scope::run_request(request_id.clone(), None, handler(payload)).await;
+        let ms = (crate::clock::now() - started).as_secs_f64() * 1000.0;
+        let trace_id = trace_id.as_deref();
+        match &result {
+            Ok(outcome) => {
+                let outcome = serde_json::to_string(outcome).unwrap_or_default();
+                tracing::info!(request_id, trace_id, outcome, ms, "event handled")
+            }
+            Err(e) => tracing::error!(request_id, trace_id, error = %e, ms, "event failed"),
+        }
+        crate::metrics::flush();
+        result
+    }))
+    .await
+}

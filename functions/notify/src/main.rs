@@ -1,9 +1,10 @@
 //! The notify function: EventBridge invokes it with the bus's subscribe events. WeChat's
 //! subscribe pushes update the grant ledger; `wechat.subscribe.send` events send a subscribe
-//! message and answer with a `wechat.subscribe.result` event (see `wxmp::notify`). An `Err` (the
-//! store failed before anything was done) lets Lambda retry the event.
+//! message and answer with a `wechat.subscribe.result` event (see `wxmp::notify`). An `Err`
+//! (nothing was done: the store failed, or another invocation holds the event) lets Lambda retry
+//! the event.
 
-use lambda_runtime::{Error, LambdaEvent, service_fn};
+use lambda_runtime::Error;
 use wxmp::App;
 use wxmp::events::BusEvent;
 
@@ -14,14 +15,9 @@ async fn main() -> Result<(), Error> {
     let app = App::from_env().await?;
     app.require_events()?;
     let app = &app;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<BusEvent>| async move {
-        let id = event.context.request_id.clone();
-        let handled = wxmp::scope::run_request(id, None, wxmp::notify::handle(app, &event.payload))
-            .await
-            .map(|outcome| format!("{outcome:?}"))
-            .map_err(Error::from);
-        wxmp::metrics::flush();
-        handled
-    }))
+    wxmp::lambda::run_events(move |event: BusEvent| async move {
+        let outcome = wxmp::notify::handle(app, &event).await?;
+        Ok(format!("{outcome:?}"))
+    })
     .await
 }

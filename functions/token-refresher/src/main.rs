@@ -3,7 +3,7 @@
 //! shared token outlives two more runs. A failed refresh returns `Err`, so the function's Errors
 //! metric (and its alarm) sees it.
 
-use lambda_runtime::{Error, LambdaEvent, service_fn};
+use lambda_runtime::Error;
 use serde_json::Value;
 use wxmp::App;
 
@@ -14,10 +14,8 @@ async fn main() -> Result<(), Error> {
     let app = App::from_env().await?;
     let interval = app.config.refresh_interval;
     let app = &app;
-    lambda_runtime::run(service_fn(move |_: LambdaEvent<Value>| async move {
-        let ran = wxmp::refresher::run_with_interval(app, interval).await;
-        wxmp::metrics::flush();
-        Ok::<_, Error>(ran?)
-    }))
+    wxmp::lambda::run_events(move |_: Value| async move {
+        Ok(wxmp::refresher::run_with_interval(app, interval).await?)
+    })
     .await
 }

@@ -104,6 +104,24 @@ async fn pushes_through_the_push_binary_reach_the_notify_binary() {
     assert_eq!(results[0]["detail"]["status"], "sent", "{results:#?}");
     assert_eq!(env.sandbox().subscribe_messages().len(), 1);
 
+    // One line per event, with the Lambda request id and X-Ray's trace id; and the metrics.
+    let handled: Vec<Value> = notify
+        .process
+        .json_lines()
+        .into_iter()
+        .filter(|l| l["message"] == "event handled")
+        .collect();
+    assert_eq!(handled.len(), 2, "{}", notify.process.output());
+    assert!(handled.iter().all(|l| {
+        l["trace_id"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Root=1-"))
+    }));
+    assert_eq!(handled[0]["outcome"], "\"Ledger(1)\"");
+    assert!(
+        notify.process.output().contains("\"function\":\"notify\""),
+        "EMF lines"
+    );
     let logs = format!("{}{}", push.process.output(), notify.process.output());
     assert!(!logs.contains(secret_text), "a refused body was logged");
     assert!(
