@@ -70,7 +70,11 @@ where
         let request_id = ctx.request_id.clone();
         let trace_id = ctx.xray_trace_id.clone();
         let started = crate::clock::now();
-        let result = crate::scope::run_request(request_id.clone(), None, handler(payload)).await;
+        // Boxed: the handler's future (the whole notify flow) stays out of the runtime's types,
+        // which otherwise nest deeper than rustc's default query depth on a clean build.
+        let work: std::pin::Pin<Box<dyn std::future::Future<Output = Result<R, Error>> + '_>> =
+            Box::pin(handler(payload));
+        let result = crate::scope::run_request(request_id.clone(), None, work).await;
         let ms = (crate::clock::now() - started).as_secs_f64() * 1000.0;
         let trace_id = trace_id.as_deref();
         match &result {
