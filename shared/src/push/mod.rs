@@ -188,9 +188,10 @@ impl PushKeys {
         })
     }
 
-    /// Builds the query and body WeChat would send for `message` (JSON fields), for the
-    /// sandbox-free tests and the benchmark: plaintext when `encrypt` is false.
-    pub fn seal(
+    /// Builds the query and body WeChat would send for `message` (JSON fields), for this
+    /// module's tests (the sandbox builds pushes with its own, independent code).
+    #[cfg(test)]
+    fn seal(
         &self,
         message: &str,
         appid: &str,

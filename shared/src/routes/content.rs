@@ -300,10 +300,10 @@ pub async fn check_media(
 ) -> Result<Response, ApiError> {
     // WeChat refuses media over 10 MB only later, in the push: say so now when the server says
     // how large it is (a server that does not say is left to WeChat).
-    if let Some(size) = media_size(&req.media_url.0).await
-        && size > MAX_MEDIA_BYTES
+    if media_size(&req.media_url.0)
+        .await
+        .is_some_and(|size| size > MAX_MEDIA_BYTES)
     {
-        let _ = size;
         return Err(ApiError::InvalidRequest(
             "media_url is over WeChat's 10 MB limit (its server says so)".into(),
         ));
