@@ -419,4 +419,35 @@ mod tests {
             .expect_err("the certificate names localhost only");
         assert!(chain(&e).contains("not valid for name"), "{}", chain(&e));
     }
+
+    /// The AWS calls' own connections (`aws::conn`) verify servers with the same configuration.
+    #[tokio::test]
+    async fn aws_connections_use_tls_with_the_process_roots() {
+        use crate::aws::conn::Connections;
+        let pki = pki();
+        let port = https_server(&pki).await;
+        let url = reqwest::Url::parse(&format!("https://localhost:{port}/")).unwrap();
+        let send = |c: Connections| {
+            let url = url.clone();
+            async move {
+                c.send(
+                    &http::Method::GET,
+                    &url,
+                    http::HeaderMap::new(),
+                    bytes::Bytes::new(),
+                    Duration::from_secs(2),
+                )
+                .await
+            }
+        };
+        let ca = pki.ca.clone();
+        let trusted = Connections::new(config_with(Box::new(move || vec![ca.clone()])));
+        let answer = send(trusted).await.expect("a trusted server");
+        assert_eq!((answer.status, &answer.body[..]), (200, &b"ok"[..]));
+
+        let other_ca = self::pki().ca;
+        let untrusted = Connections::new(config_with(Box::new(move || vec![other_ca.clone()])));
+        let e = send(untrusted).await.err().expect("an unknown issuer");
+        assert!(!e.timeout && e.message.contains("UnknownIssuer"), "{e:?}");
+    }
 }

@@ -82,6 +82,11 @@ pub fn request_id() -> Option<String> {
     SCOPE.try_with(|s| s.request_id.clone()).ok()
 }
 
+/// Calls `f` with the running request's id, if there is one (no copy of it).
+pub fn with_request_id<R>(f: impl FnOnce(&str) -> R) -> Option<R> {
+    SCOPE.try_with(|s| f(&s.request_id)).ok()
+}
+
 /// The request's deadline, if it runs in a scope that has one.
 pub fn deadline() -> Option<Instant> {
     SCOPE.try_with(|s| s.deadline).ok().flatten()

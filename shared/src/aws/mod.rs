@@ -2,18 +2,21 @@
 //! bounded timeouts so a slow dependency answers 503 instead of running into the Lambda timeout.
 //!
 //! DynamoDB and S3 are called through small clients of our own ([`DynamoDb`], [`S3`]): a request
-//! signed with SigV4 (`aws-sigv4`, the SDK's own signer) and sent on the process's one HTTP stack
+//! signed with SigV4 (`sigv4`: the SDK's `aws-sigv4` gives the same signatures, checked in its
+//! tests, but re-derives the day's key and allocates its way through every call) and sent on the process's one HTTP stack
 //! (`net`), with the SDK's retry rules (transient errors and throttling, three attempts, jittered
 //! backoff). The functions make a handful of item and object calls; the SDK's generic request
 //! pipeline cost more CPU than everything else a request does (README, Performance). The
 //! `SdkConfig` still resolves credentials and region exactly as the SDK does, and its HTTP client
 //! serves the credential providers that need one.
 
+pub(crate) mod conn;
 mod dynamodb;
 mod events;
 mod s3;
 mod secrets;
 mod signed;
+mod sigv4;
 
 pub use dynamodb::DynamoDb;
 pub use events::{EventBridge, JsonClient};

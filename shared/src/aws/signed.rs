@@ -8,17 +8,13 @@ use std::time::{Duration, SystemTime};
 use aws_config::SdkConfig;
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
-use aws_sigv4::http_request::{
-    PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
-    UriPathNormalizationMode, sign,
-};
-use aws_sigv4::sign::v4;
-use aws_smithy_runtime_api::client::identity::Identity;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use bytes::Bytes;
 use http::Method;
 use serde_json::Value;
 
+use super::conn::Connections;
+use super::sigv4::{Keys, Signer, Style};
 use crate::clock;
 
 const ATTEMPTS: u32 = 3;
@@ -154,8 +150,8 @@ struct Inner {
     endpoint: Option<String>,
     provider: Option<SharedCredentialsProvider>,
     credentials: Mutex<Option<Credentials>>,
-    settings: fn() -> SigningSettings,
-    http: reqwest::Client,
+    signer: Signer,
+    connections: Connections,
 }
 
 impl Signed {
@@ -172,17 +168,11 @@ impl Signed {
             .filter(|e| !e.is_empty())
             .or_else(|| sdk.endpoint_url().map(str::to_string))
             .map(|e| e.trim_end_matches('/').to_string());
-        let settings: fn() -> SigningSettings = if service == "s3" {
-            || {
-                let mut s = SigningSettings::default();
-                // S3 wants the payload hash as a header, and keys signed as they are sent.
-                s.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-                s.percent_encoding_mode = PercentEncodingMode::Single;
-                s.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
-                s
-            }
+        // S3 wants the payload hash as a header, and keys signed as they are sent.
+        let style = if service == "s3" {
+            Style::S3
         } else {
-            SigningSettings::default
+            Style::Default
         };
         Signed {
             inner: Arc::new(Inner {
@@ -191,8 +181,8 @@ impl Signed {
                 endpoint,
                 provider: sdk.credentials_provider(),
                 credentials: Mutex::new(None),
-                settings,
-                http: crate::net::aws_reqwest_client(),
+                signer: Signer::new(service, style),
+                connections: Connections::new(crate::net::tls_config()),
             }),
         }
     }
@@ -267,37 +257,28 @@ impl Signed {
             ));
         }
         let bad_request = |e: &dyn std::fmt::Display| AwsError::local(service, "request", e);
-        let identity: Identity = self.credentials().await?.into();
+        let credentials = self.credentials().await?;
         let region = self
             .region()
             .ok_or_else(|| bad_request(&"no AWS region configured (AWS_REGION)"))?;
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(region)
-            .name(service)
-            .time(SystemTime::now())
-            .settings((self.inner.settings)())
-            .build()
-            .map_err(|e| bad_request(&e))?
-            .into();
-        let signable = SignableRequest::new(
+        let signed = self.inner.signer.sign(
+            &Keys {
+                access_key_id: credentials.access_key_id(),
+                secret_access_key: credentials.secret_access_key(),
+                session_token: credentials.session_token(),
+            },
+            region,
             req.method.as_str(),
-            req.url.as_str(),
-            req.headers.iter().copied(),
-            SignableBody::Bytes(&req.body),
-        )
-        .map_err(|e| bad_request(&e))?;
-        let (instructions, _signature) = sign(signable, &params)
-            .map_err(|e| bad_request(&e))?
-            .into_parts();
+            req.url,
+            req.headers,
+            &req.body,
+            SystemTime::now(),
+        );
 
-        // Built directly (not through `http::Request`, whose URI reqwest would parse again).
-        let mut request = reqwest::Request::new(req.method.clone(), req.url.clone());
-        let headers = request.headers_mut();
-        let signed = instructions.headers();
+        let mut headers = http::HeaderMap::with_capacity(req.headers.len() + signed.len() + 2);
+        let signed = signed.iter().map(|(n, v)| (*n, v.as_str()));
         for (name, value) in req.headers.iter().copied().chain(signed) {
-            let name =
-                http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| bad_request(&e))?;
+            let name = http::HeaderName::from_static(name);
             let mut value = http::HeaderValue::from_str(value).map_err(|e| bad_request(&e))?;
             // Kept out of any Debug print of the request.
             value.set_sensitive(matches!(
@@ -306,21 +287,19 @@ impl Signed {
             ));
             headers.insert(name, value);
         }
-        *request.body_mut() = Some(reqwest::Body::from(req.body.clone()));
-        *request.timeout_mut() = Some(timeout);
-
-        let transport = |e: reqwest::Error| {
-            let code = if e.is_timeout() {
-                "timeout"
-            } else {
-                "transport"
-            };
-            AwsError::local(service, code, error_chain(&e))
-        };
-        let response = self.inner.http.execute(request).await.map_err(transport)?;
-        let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(transport)?;
-        Ok(Reply { status, body })
+        let answer = self
+            .inner
+            .connections
+            .send(&req.method, req.url, headers, req.body.clone(), timeout)
+            .await
+            .map_err(|e| {
+                let code = if e.timeout { "timeout" } else { "transport" };
+                AwsError::local(service, code, e.message)
+            })?;
+        Ok(Reply {
+            status: answer.status,
+            body: answer.body,
+        })
     }
 
     /// The config's credentials, resolved once and kept until five minutes before they expire
@@ -455,17 +434,6 @@ pub(super) fn xml_element(text: &str, name: &str) -> Option<String> {
     let start = text.find(&open)? + open.len();
     let end = text[start..].find(&format!("</{name}>"))? + start;
     Some(text[start..end].to_string())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

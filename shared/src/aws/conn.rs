@@ -1,0 +1,392 @@
+//! Keep-alive HTTP/1.1 connections to AWS endpoints, straight on hyper: an idle connection is
+//! taken for a call and given back once its answer is read whole. reqwest (which WeChat's calls
+//! still use) wraps the same hyper in a pool, redirect and timeout layers and a URL parse per
+//! request, which together cost about a tenth of a warm request's CPU here (README,
+//! Performance); a signed AWS call needs none of them.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HOST, HeaderValue};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A connection's endpoint: https or not, host, port.
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct Origin {
+    https: bool,
+    host: String,
+    port: u16,
+}
+
+/// How a call failed before an answer: `timeout`, or `transport` (connect, TLS, I/O).
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub timeout: bool,
+    pub message: String,
+}
+
+/// What a call got back.
+pub(crate) struct Answer {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// Connections kept for reuse, per origin.
+pub(crate) struct Connections {
+    idle: Mutex<Vec<(Origin, SendRequest<Full<Bytes>>)>>,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+/// Longest wait for a TCP connection (and its TLS handshake).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Idle connections kept per process: a Lambda instance makes one call at a time, the local
+/// server a few.
+const MAX_IDLE: usize = 8;
+
+impl Connections {
+    pub fn new(tls: rustls::ClientConfig) -> Self {
+        Connections {
+            idle: Mutex::new(Vec::new()),
+            tls: Arc::new(tls),
+        }
+    }
+
+    /// Sends one request and reads its whole answer, within `timeout`. `headers` are sent as
+    /// given, after `host`.
+    pub async fn send(
+        &self,
+        method: &http::Method,
+        url: &reqwest::Url,
+        headers: http::HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Answer, Failed> {
+        match tokio::time::timeout(timeout, self.exchange(method, url, headers, body)).await {
+            Ok(r) => r,
+            Err(_) => Err(Failed {
+                timeout: true,
+                message: format!("no answer within {timeout:?}"),
+            }),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        method: &http::Method,
+        url: &reqwest::Url,
+        headers: http::HeaderMap,
+        body: Bytes,
+    ) -> Result<Answer, Failed> {
+        let transport = |message: String| Failed {
+            timeout: false,
+            message,
+        };
+        let origin = Origin {
+            https: match url.scheme() {
+                "https" => true,
+                "http" => false,
+                s => return Err(transport(format!("unsupported scheme {s}"))),
+            },
+            host: url
+                .host_str()
+                .ok_or_else(|| transport("the URL has no host".into()))?
+                .to_string(),
+            port: url
+                .port_or_known_default()
+                .ok_or_else(|| transport("the URL has no port".into()))?,
+        };
+        let host = match url.port() {
+            Some(p) => format!("{}:{p}", origin.host),
+            None => origin.host.clone(),
+        };
+        let target = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        let mut request = http::Request::new(Full::new(body));
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = target
+            .parse()
+            .map_err(|e| transport(format!("request target: {e}")))?;
+        *request.headers_mut() = headers;
+        request.headers_mut().insert(
+            HOST,
+            HeaderValue::from_str(&host).map_err(|e| transport(format!("host: {e}")))?,
+        );
+        let mut request = Some(request);
+
+        // A kept connection the server has since closed fails before the request leaves: then
+        // once more on a new one, at once (the caller's retries are for the service's failures).
+        let mut fresh = false;
+        loop {
+            let mut sender = match self.take(&origin) {
+                Some(s) => s,
+                None => {
+                    fresh = true;
+                    self.connect(&origin).await?
+                }
+            };
+            if sender.ready().await.is_err() {
+                if fresh {
+                    return Err(transport("the connection closed at once".into()));
+                }
+                continue;
+            }
+            let unsent = request.take().expect("kept for a retry");
+            let response = match sender.try_send_request(unsent).await {
+                Ok(r) => r,
+                Err(mut e) => {
+                    if !fresh && let Some(unsent) = e.take_message() {
+                        request = Some(unsent);
+                        continue;
+                    }
+                    return Err(transport(error_chain(e.error())));
+                }
+            };
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| transport(error_chain(&e)))?
+                .to_bytes();
+            self.give_back(origin, sender);
+            return Ok(Answer { status, body });
+        }
+    }
+
+    /// An idle connection to `origin` that is still open.
+    fn take(&self, origin: &Origin) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock().expect("not poisoned");
+        idle.retain(|(_, s)| !s.is_closed());
+        let at = idle.iter().rposition(|(o, _)| o == origin)?;
+        Some(idle.swap_remove(at).1)
+    }
+
+    fn give_back(&self, origin: Origin, sender: SendRequest<Full<Bytes>>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("not poisoned");
+        if idle.len() >= MAX_IDLE {
+            idle.remove(0);
+        }
+        idle.push((origin, sender));
+    }
+
+    async fn connect(&self, origin: &Origin) -> Result<SendRequest<Full<Bytes>>, Failed> {
+        let connecting = async {
+            let tcp = tokio::net::TcpStream::connect((origin.host.as_str(), origin.port))
+                .await
+                .map_err(|e| format!("connect to {}:{}: {e}", origin.host, origin.port))?;
+            let _ = tcp.set_nodelay(true);
+            if !origin.https {
+                return handshake(tcp).await;
+            }
+            let name = ServerName::try_from(origin.host.clone())
+                .map_err(|e| format!("server name {}: {e}", origin.host))?;
+            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS with {}: {}", origin.host, error_chain(&e)))?;
+            handshake(tls).await
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(r) => r.map_err(|message| Failed {
+                timeout: false,
+                message,
+            }),
+            Err(_) => Err(Failed {
+                timeout: true,
+                message: format!(
+                    "no connection to {}:{} within {CONNECT_TIMEOUT:?}",
+                    origin.host, origin.port
+                ),
+            }),
+        }
+    }
+}
+
+/// HTTP/1.1 on `io`, its connection driven by a task of its own until either side closes it.
+async fn handshake<S>(io: S) -> Result<SendRequest<Full<Bytes>>, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| error_chain(&e))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "an AWS connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// How the test server ends an exchange.
+    #[derive(Clone, Copy)]
+    enum Close {
+        /// Keeps the connection open for the next request.
+        Never,
+        /// Says `connection: close` and closes.
+        Announced,
+        /// Closes after the answer without saying so (what a server's idle timeout looks like to
+        /// the next request).
+        Silently,
+    }
+
+    /// An HTTP/1.1 server answering each request with its own request line; counts connections.
+    async fn server(close: Close) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        buf.drain(..end + 4);
+                        let line = head.lines().next().unwrap_or_default().to_string();
+                        let host = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("host: "))
+                            .unwrap_or("-")
+                            .to_string();
+                        let body = format!("{line} @ {host}");
+                        let extra = match close {
+                            Close::Announced => "connection: close\r\n",
+                            _ => "",
+                        };
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{extra}\r\n{body}",
+                            body.len()
+                        );
+                        if tcp.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        if !matches!(close, Close::Never) {
+                            let _ = tcp.shutdown().await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, connections)
+    }
+
+    async fn get(c: &Connections, url: &str) -> Result<String, Failed> {
+        let url = reqwest::Url::parse(url).unwrap();
+        let a = c
+            .send(
+                &http::Method::GET,
+                &url,
+                http::HeaderMap::new(),
+                Bytes::new(),
+                Duration::from_secs(2),
+            )
+            .await?;
+        assert_eq!(a.status, 200);
+        Ok(String::from_utf8(a.body.to_vec()).unwrap())
+    }
+
+    fn connections() -> Connections {
+        Connections::new(crate::net::tls_config())
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_kept_and_used_again() {
+        let (url, opened) = server(Close::Never).await;
+        let c = connections();
+        let host = url.trim_start_matches("http://");
+        for path in ["/a?x=1", "/b", "/"] {
+            let answer = get(&c, &format!("{url}{path}")).await.unwrap();
+            assert_eq!(answer, format!("GET {path} HTTP/1.1 @ {host}"));
+        }
+        assert_eq!(opened.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_replaced_without_an_error() {
+        for close in [Close::Announced, Close::Silently] {
+            let (url, opened) = server(close).await;
+            let c = connections();
+            for i in 1..=5 {
+                get(&c, &format!("{url}/{i}")).await.unwrap();
+                // The next call comes at once or after the close has been seen.
+                if i % 2 == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            assert_eq!(opened.load(Ordering::SeqCst), 5);
+        }
+    }
+
+    #[tokio::test]
+    async fn no_server_is_a_transport_failure_and_silence_a_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        drop(listener);
+        let e = get(&connections(), &url).await.unwrap_err();
+        assert!(!e.timeout && e.message.contains("connect to"), "{e:?}");
+
+        // Accepts and never answers.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url =
+            reqwest::Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        let e = connections()
+            .send(
+                &http::Method::GET,
+                &url,
+                http::HeaderMap::new(),
+                Bytes::new(),
+                Duration::from_millis(200),
+            )
+            .await
+            .err()
+            .expect("no answer");
+        assert!(e.timeout, "{e:?}");
+    }
+}
