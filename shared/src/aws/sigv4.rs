@@ -47,6 +47,7 @@ impl Signer {
     }
 
     /// The headers that sign `method url` with `headers` (also signed) and `body`, at `now`.
+    #[allow(clippy::too_many_arguments)] // the parts of one request, as the SDK's signer takes them
     pub fn sign(
         &self,
         keys: &Keys<'_>,
@@ -289,6 +290,7 @@ mod tests {
     use super::*;
 
     /// The headers the SDK's own signer (`aws-sigv4`) adds, by name.
+    #[allow(clippy::too_many_arguments)]
     fn sdk(
         style: Style,
         service: &str,
@@ -342,7 +344,15 @@ mod tests {
             "t",
         );
         let without = Credentials::new("AKID2", "secret2", None, None, "t");
-        let cases: &[(Style, &str, &str, &str, &[(&'static str, &str)], &[u8])] = &[
+        type Case<'a> = (
+            Style,
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a [(&'static str, &'a str)],
+            &'a [u8],
+        );
+        let cases: &[Case] = &[
             (
                 Style::Default,
                 "dynamodb",
