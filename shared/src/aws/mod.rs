@@ -10,7 +10,6 @@
 //! `SdkConfig` still resolves credentials and region exactly as the SDK does, and its HTTP client
 //! serves the credential providers that need one.
 
-pub(crate) mod conn;
 mod dynamodb;
 mod events;
 mod s3;

@@ -13,13 +13,14 @@ use bytes::Bytes;
 use http::Method;
 use serde_json::Value;
 
-use super::conn::Connections;
 use super::sigv4::{Keys, Signer, Style};
 use crate::clock;
+use crate::net::conn::Connections;
 
 const ATTEMPTS: u32 = 3;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The first retry waits up to this long, the second up to twice as long (full jitter).
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 /// Credentials this close to their expiry are fetched again.
@@ -182,7 +183,7 @@ impl Signed {
                 provider: sdk.credentials_provider(),
                 credentials: Mutex::new(None),
                 signer: Signer::new(service, style),
-                connections: Connections::new(crate::net::tls_config()),
+                connections: Connections::new(crate::net::tls_config(), CONNECT_TIMEOUT),
             }),
         }
     }

@@ -59,7 +59,7 @@ impl CallMeter {
 
 #[derive(Clone)]
 pub struct WeChatClient {
-    http: reqwest::Client,
+    http: std::sync::Arc<crate::net::conn::Connections>,
     base: String,
     appid: String,
     /// Replaced when the secret is rotated (see [`crate::appsecret`]).
@@ -73,14 +73,13 @@ pub struct WeChatClient {
 }
 
 impl WeChatClient {
-    /// Builds the client once per cold start: connection pool, timeouts, rustls.
+    /// Builds the client once per cold start: kept connections (a 2 s connect timeout; each
+    /// call bounded by its retry budget, at most 5 s), rustls.
     pub fn new(base: &str, creds: Credentials) -> Self {
-        let http = crate::net::client(
-            reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(5))
-                .pool_idle_timeout(Duration::from_secs(50)),
-        );
+        let http = std::sync::Arc::new(crate::net::conn::Connections::new(
+            crate::net::tls_config(),
+            Duration::from_secs(2),
+        ));
         WeChatClient {
             http,
             base: base.trim_end_matches('/').to_string(),

@@ -63,15 +63,10 @@ impl WeChatClient {
             .run(retryable, |attempt, left| {
                 // Each try ends by the budget's end, so a hanging WeChat cannot outlast it.
                 let timeout = left.clamp(Duration::from_millis(200), Duration::from_secs(5));
-                let mut req = self.http.request(method.clone(), url.clone()).timeout(timeout);
-                if let Some(b) = &body {
-                    req = req
-                        .header(reqwest::header::CONTENT_TYPE, "application/json")
-                        .body(b.clone());
-                }
+                let (method, url, body) = (&method, &url, body.clone());
                 async move {
                     let started = crate::clock::now();
-                    let result = exchange(req).await;
+                    let result = exchange(&self.http, method, url, body, timeout).await;
                     #[cfg(feature = "bench")]
                     self.meter.record(started.elapsed());
                     let result = result.and_then(|(ct, bytes)| match errcode_of(&bytes) {
@@ -119,36 +114,47 @@ impl WeChatClient {
     }
 }
 
-/// Sends the request; any non-2xx status or transport failure is a (retryable) transport error.
-async fn exchange(req: reqwest::RequestBuilder) -> Result<(String, bytes::Bytes), WxError> {
-    let resp = req.send().await.map_err(|e| {
-        let unsent = e.is_connect();
-        let msg = e.without_url().to_string();
-        if unsent {
-            WxError::Unsent(msg)
-        } else {
-            WxError::Transport(msg)
-        }
-    })?;
-    let status = resp.status();
-    let content_type = resp
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
+/// Sends the request (a JSON body if any); any non-2xx status or transport failure is a
+/// (retryable) transport error.
+async fn exchange(
+    http: &crate::net::conn::Connections,
+    method: &reqwest::Method,
+    url: &reqwest::Url,
+    body: Option<bytes::Bytes>,
+    timeout: Duration,
+) -> Result<(String, bytes::Bytes), WxError> {
+    let mut headers = http::HeaderMap::new();
+    if body.is_some() {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+    }
+    let answer = http
+        .send(method, url, headers, body.unwrap_or_default(), timeout)
+        .await
+        .map_err(|e| {
+            if e.unsent {
+                WxError::Unsent(e.message)
+            } else {
+                WxError::Transport(e.message)
+            }
+        })?;
+    let status = http::StatusCode::from_u16(answer.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    let content_type = answer
+        .content_type
+        .as_ref()
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| WxError::Transport(e.without_url().to_string()))?;
-    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+    if status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS {
         return Err(WxError::Transport(format!("HTTP status {status}")));
     }
     if !status.is_success() {
         // A 4xx will not change on retry (a wrong WECHAT_API_BASE, a proxy refusing us).
         return Err(WxError::BadResponse(format!("HTTP status {status}")));
     }
-    Ok((content_type, bytes))
+    Ok((content_type, answer.body))
 }
 
 /// The `errcode`/`errmsg` of a JSON object body, if the body is one. WeChat's content type for

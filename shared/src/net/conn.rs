@@ -1,8 +1,8 @@
-//! Keep-alive HTTP/1.1 connections to AWS endpoints, straight on hyper: an idle connection is
-//! taken for a call and given back once its answer is read whole. reqwest (which WeChat's calls
-//! still use) wraps the same hyper in a pool, redirect and timeout layers and a URL parse per
-//! request, which together cost about a tenth of a warm request's CPU here (README,
-//! Performance); a signed AWS call needs none of them.
+//! Keep-alive HTTP/1.1 connections for the calls a request makes (AWS's endpoints and WeChat's
+//! API), straight on hyper: an idle connection is taken for a call and given back once its
+//! answer is read whole. reqwest wraps the same hyper in a pool, redirect and timeout layers and
+//! a URL parse per request, which together cost about a tenth of a warm request's CPU here
+//! (README, Performance); these calls need none of them.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,16 +23,20 @@ struct Origin {
     port: u16,
 }
 
-/// How a call failed before an answer: `timeout`, or `transport` (connect, TLS, I/O).
+/// How a call failed before an answer: `timeout`, or `transport` (connect, TLS, I/O). The
+/// message names the host, never the path or query (WeChat's carry the secret).
 #[derive(Debug)]
 pub(crate) struct Failed {
     pub timeout: bool,
+    /// No connection was made: the request surely did not leave.
+    pub unsent: bool,
     pub message: String,
 }
 
 /// What a call got back.
 pub(crate) struct Answer {
     pub status: u16,
+    pub content_type: Option<HeaderValue>,
     pub body: Bytes,
 }
 
@@ -40,19 +44,19 @@ pub(crate) struct Answer {
 pub(crate) struct Connections {
     idle: Mutex<Vec<(Origin, SendRequest<Full<Bytes>>)>>,
     tls: Arc<rustls::ClientConfig>,
+    /// Longest wait for a TCP connection and its TLS handshake.
+    connect_timeout: Duration,
 }
-
-/// Longest wait for a TCP connection (and its TLS handshake).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Idle connections kept per process: a Lambda instance makes one call at a time, the local
 /// server a few.
 const MAX_IDLE: usize = 8;
 
 impl Connections {
-    pub fn new(tls: rustls::ClientConfig) -> Self {
+    pub fn new(tls: rustls::ClientConfig, connect_timeout: Duration) -> Self {
         Connections {
             idle: Mutex::new(Vec::new()),
             tls: Arc::new(tls),
+            connect_timeout,
         }
     }
 
@@ -70,6 +74,7 @@ impl Connections {
             Ok(r) => r,
             Err(_) => Err(Failed {
                 timeout: true,
+                unsent: false,
                 message: format!("no answer within {timeout:?}"),
             }),
         }
@@ -84,6 +89,7 @@ impl Connections {
     ) -> Result<Answer, Failed> {
         let transport = |message: String| Failed {
             timeout: false,
+            unsent: false,
             message,
         };
         let origin = Origin {
@@ -128,12 +134,17 @@ impl Connections {
                 Some(s) => s,
                 None => {
                     fresh = true;
-                    self.connect(&origin).await?
+                    // Boxed: a TLS handshake's state is large, and a call's future is part of
+                    // every caller's (a debug build's test thread overflowed its stack).
+                    Box::pin(self.connect(&origin)).await?
                 }
             };
             if sender.ready().await.is_err() {
                 if fresh {
-                    return Err(transport("the connection closed at once".into()));
+                    return Err(Failed {
+                        unsent: true,
+                        ..transport("the connection closed at once".into())
+                    });
                 }
                 continue;
             }
@@ -149,6 +160,7 @@ impl Connections {
                 }
             };
             let status = response.status().as_u16();
+            let content_type = response.headers().get(http::header::CONTENT_TYPE).cloned();
             let body = response
                 .into_body()
                 .collect()
@@ -156,7 +168,11 @@ impl Connections {
                 .map_err(|e| transport(error_chain(&e)))?
                 .to_bytes();
             self.give_back(origin, sender);
-            return Ok(Answer { status, body });
+            return Ok(Answer {
+                status,
+                content_type,
+                body,
+            });
         }
     }
 
@@ -196,16 +212,18 @@ impl Connections {
                 .map_err(|e| format!("TLS with {}: {}", origin.host, error_chain(&e)))?;
             handshake(tls).await
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        match tokio::time::timeout(self.connect_timeout, connecting).await {
             Ok(r) => r.map_err(|message| Failed {
                 timeout: false,
+                unsent: true,
                 message,
             }),
             Err(_) => Err(Failed {
                 timeout: true,
+                unsent: true,
                 message: format!(
-                    "no connection to {}:{} within {CONNECT_TIMEOUT:?}",
-                    origin.host, origin.port
+                    "no connection to {}:{} within {:?}",
+                    origin.host, origin.port, self.connect_timeout
                 ),
             }),
         }
@@ -327,7 +345,7 @@ mod tests {
     }
 
     fn connections() -> Connections {
-        Connections::new(crate::net::tls_config())
+        Connections::new(crate::net::tls_config(), Duration::from_secs(1))
     }
 
     #[tokio::test]
@@ -364,7 +382,10 @@ mod tests {
         let url = format!("http://{}/", listener.local_addr().unwrap());
         drop(listener);
         let e = get(&connections(), &url).await.unwrap_err();
-        assert!(!e.timeout && e.message.contains("connect to"), "{e:?}");
+        assert!(
+            !e.timeout && e.unsent && e.message.contains("connect to"),
+            "{e:?}"
+        );
 
         // Accepts and never answers.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -387,6 +408,6 @@ mod tests {
             .await
             .err()
             .expect("no answer");
-        assert!(e.timeout, "{e:?}");
+        assert!(e.timeout && !e.unsent, "{e:?}");
     }
 }

@@ -1,12 +1,16 @@
-//! One HTTP stack for everything a function calls (WeChat, DynamoDB, S3): reqwest over rustls
-//! (aws-lc-rs), with one TLS configuration per process whose root store is loaded at the first
-//! certificate check rather than at start-up.
+//! One HTTP stack for everything a function calls (WeChat, DynamoDB, S3, EventBridge): hyper
+//! over rustls (aws-lc-rs), with one TLS configuration per process whose root store is loaded at
+//! the first certificate check rather than at start-up. A request's calls go through
+//! [`conn::Connections`] (kept HTTP/1.1 connections); reqwest, on the same TLS configuration,
+//! serves the SDK's credential providers and the media size probe.
 //!
 //! Before this, reqwest and the AWS SDK each brought their own TLS stack, and each read the
 //! system's CA bundle and every file under `/etc/ssl/certs` while the clients were being built:
-//! twice per cold start, before the first poll. Now AWS calls go through reqwest
-//! ([`aws_reqwest_client`], [`aws_http_client`]), and the roots are read once, when the first
-//! HTTPS connection needs them.
+//! twice per cold start, before the first poll. Now every client shares [`tls_config`] (the SDK's
+//! through [`aws_http_client`]), and the roots are read once, when the first HTTPS connection
+//! needs them.
+
+pub mod conn;
 
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
@@ -423,7 +427,7 @@ mod tests {
     /// The AWS calls' own connections (`aws::conn`) verify servers with the same configuration.
     #[tokio::test]
     async fn aws_connections_use_tls_with_the_process_roots() {
-        use crate::aws::conn::Connections;
+        use crate::net::conn::Connections;
         let pki = pki();
         let port = https_server(&pki).await;
         let url = reqwest::Url::parse(&format!("https://localhost:{port}/")).unwrap();
@@ -441,12 +445,18 @@ mod tests {
             }
         };
         let ca = pki.ca.clone();
-        let trusted = Connections::new(config_with(Box::new(move || vec![ca.clone()])));
+        let trusted = Connections::new(
+            config_with(Box::new(move || vec![ca.clone()])),
+            Duration::from_secs(1),
+        );
         let answer = send(trusted).await.expect("a trusted server");
         assert_eq!((answer.status, &answer.body[..]), (200, &b"ok"[..]));
 
         let other_ca = self::pki().ca;
-        let untrusted = Connections::new(config_with(Box::new(move || vec![other_ca.clone()])));
+        let untrusted = Connections::new(
+            config_with(Box::new(move || vec![other_ca.clone()])),
+            Duration::from_secs(1),
+        );
         let e = send(untrusted).await.err().expect("an unknown issuer");
         assert!(!e.timeout && e.message.contains("UnknownIssuer"), "{e:?}");
     }
