@@ -22,6 +22,6 @@ for round in $(seq 1 "${ROUNDS:-3}"); do
   for build in "$1" "$2"; do
     echo "== round $round: $build"
     # The bench measures the binaries of target/<BENCH_PROFILE>/.
-    BENCH_PROFILE="$build" "$target/release/bench" | grep -E '^  (login|qrcode|python|echo)[^=]* ms'
+    BENCH_PROFILE="$build" "$target/release/bench" | grep -E '^  (login|qrcode|push|python|echo)[^=]* ms'
   done
 done
