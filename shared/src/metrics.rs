@@ -73,21 +73,26 @@ pub fn flush() {
     let Some(Some(c)) = COLLECTOR.get() else {
         return;
     };
-    let written = match std::env::var_os("METRICS_FILE") {
-        Some(path) => std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .and_then(|f| {
-                let mut w = std::io::BufWriter::new(f);
-                c.flush(&mut w)?;
-                w.flush()
-            }),
-        None => {
-            let mut out = std::io::stdout().lock();
-            c.flush(&mut out).and_then(|_| out.flush())
+    static FILE: OnceLock<Option<std::ffi::OsString>> = OnceLock::new();
+    // Every line of the flush in one buffer, written at once: one write(2) per invocation, not
+    // one per dimension set (stdout writes each line on its own).
+    let mut lines = Vec::with_capacity(1024);
+    let written = c.flush(&mut lines).and_then(|_| {
+        if lines.is_empty() {
+            return Ok(());
         }
-    };
+        match FILE.get_or_init(|| std::env::var_os("METRICS_FILE")) {
+            Some(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(&lines)),
+            None => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&lines).and_then(|_| out.flush())
+            }
+        }
+    });
     if let Err(e) = written {
         tracing::warn!(error = %e, "metrics could not be written");
     }
