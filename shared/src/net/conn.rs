@@ -42,7 +42,12 @@ pub(crate) struct Answer {
 
 /// Connections kept for reuse, per origin.
 pub(crate) struct Connections {
-    idle: Mutex<Vec<(Origin, SendRequest<Full<Bytes>>)>>,
+    /// Each with the moment it was given back.
+    idle: Mutex<Vec<(Origin, std::time::Instant, SendRequest<Full<Bytes>>)>>,
+    /// Kept no longer than this unused: a connection idle for minutes may have been dropped on
+    /// the way without either end being told (a NAT's timeout), and a request written into it
+    /// would wait for its timeout. reqwest's pool used the same limit.
+    idle_limit: Duration,
     tls: Arc<rustls::ClientConfig>,
     /// Longest wait for a TCP connection and its TLS handshake.
     connect_timeout: Duration,
@@ -50,11 +55,14 @@ pub(crate) struct Connections {
 /// Idle connections kept per process: a Lambda instance makes one call at a time, the local
 /// server a few.
 const MAX_IDLE: usize = 8;
+/// How long an unused connection is kept.
+const IDLE_LIMIT: Duration = Duration::from_secs(50);
 
 impl Connections {
     pub fn new(tls: rustls::ClientConfig, connect_timeout: Duration) -> Self {
         Connections {
             idle: Mutex::new(Vec::new()),
+            idle_limit: IDLE_LIMIT,
             tls: Arc::new(tls),
             connect_timeout,
         }
@@ -179,9 +187,10 @@ impl Connections {
     /// An idle connection to `origin` that is still open.
     fn take(&self, origin: &Origin) -> Option<SendRequest<Full<Bytes>>> {
         let mut idle = self.idle.lock().expect("not poisoned");
-        idle.retain(|(_, s)| !s.is_closed());
-        let at = idle.iter().rposition(|(o, _)| o == origin)?;
-        Some(idle.swap_remove(at).1)
+        let limit = self.idle_limit;
+        idle.retain(|(_, since, s)| !s.is_closed() && since.elapsed() < limit);
+        let at = idle.iter().rposition(|(o, _, _)| o == origin)?;
+        Some(idle.swap_remove(at).2)
     }
 
     fn give_back(&self, origin: Origin, sender: SendRequest<Full<Bytes>>) {
@@ -192,7 +201,7 @@ impl Connections {
         if idle.len() >= MAX_IDLE {
             idle.remove(0);
         }
-        idle.push((origin, sender));
+        idle.push((origin, std::time::Instant::now(), sender));
     }
 
     async fn connect(&self, origin: &Origin) -> Result<SendRequest<Full<Bytes>>, Failed> {
@@ -358,6 +367,24 @@ mod tests {
             assert_eq!(answer, format!("GET {path} HTTP/1.1 @ {host}"));
         }
         assert_eq!(opened.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_unused_too_long_is_not_used_again() {
+        let (url, opened) = server(Close::Never).await;
+        let mut c = connections();
+        c.idle_limit = Duration::from_millis(100);
+        get(&c, &format!("{url}/1")).await.unwrap();
+        get(&c, &format!("{url}/2")).await.unwrap();
+        assert_eq!(opened.load(Ordering::SeqCst), 1, "kept while fresh");
+        std::thread::sleep(Duration::from_millis(150));
+        get(&c, &format!("{url}/3")).await.unwrap();
+        assert_eq!(
+            opened.load(Ordering::SeqCst),
+            2,
+            "a new one after the limit"
+        );
+        assert_eq!(c.idle.lock().unwrap().len(), 1, "the old one dropped");
     }
 
     #[tokio::test]
