@@ -40,10 +40,12 @@ pub(crate) struct Answer {
     pub body: Bytes,
 }
 
+/// A kept connection: its origin, when it was given back, its sender.
+type Idle = (Origin, std::time::Instant, SendRequest<Full<Bytes>>);
+
 /// Connections kept for reuse, per origin.
 pub(crate) struct Connections {
-    /// Each with the moment it was given back.
-    idle: Mutex<Vec<(Origin, std::time::Instant, SendRequest<Full<Bytes>>)>>,
+    idle: Mutex<Vec<Idle>>,
     /// Kept no longer than this unused: a connection idle for minutes may have been dropped on
     /// the way without either end being told (a NAT's timeout), and a request written into it
     /// would wait for its timeout. reqwest's pool used the same limit.
