@@ -40,10 +40,18 @@ fn filter(rust_log: Option<&str>) -> (Targets, Option<String>) {
     let default = || Targets::new().with_default(Level::INFO);
     match rust_log.map(str::trim).filter(|v| !v.is_empty()) {
         None => (default(), None),
-        Some(v) => match v.parse::<Targets>() {
-            Ok(t) => (t, None),
-            Err(_) => (default(), Some(v.to_string())),
-        },
+        // As EnvFilter read it: directives trimmed, empty ones (a trailing comma) skipped.
+        Some(v) => {
+            let directives: Vec<&str> = v
+                .split(',')
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .collect();
+            match directives.join(",").parse::<Targets>() {
+                Ok(t) if !directives.is_empty() => (t, None),
+                _ => (default(), Some(v.to_string())),
+            }
+        }
     }
 }
 
@@ -67,7 +75,8 @@ impl<S: Subscriber> Layer<S> for JsonLines {
         thread_local! {
             static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
         }
-        LINE.with(|line| {
+        // (After the thread's locals are gone, at exit, an event is dropped.)
+        let _ = LINE.try_with(|line| {
             let Ok(mut line) = line.try_borrow_mut() else {
                 return; // an event while formatting one (a field's Debug logging): dropped
             };
@@ -234,6 +243,13 @@ mod tests {
     fn rust_log_is_read_or_refused() {
         assert!(filter(None).1.is_none());
         assert!(filter(Some("warn,wxmp=debug")).1.is_none());
+        // Spaces and a trailing comma as EnvFilter took them.
+        let (t, refused) = filter(Some(" warn, wxmp=debug ,"));
+        assert!(refused.is_none());
+        assert!(t.would_enable("wxmp", &Level::DEBUG));
+        assert!(!t.would_enable("hyper", &Level::INFO));
+        assert!(t.would_enable("hyper", &Level::WARN));
+        assert!(filter(Some(",")).1.is_some());
         let (t, refused) = filter(Some("[span{a=1}]=debug"));
         assert_eq!(refused.as_deref(), Some("[span{a=1}]=debug"));
         assert!(t.would_enable("wxmp", &Level::INFO));

@@ -193,7 +193,7 @@ fn hex(bytes: &[u8]) -> String {
 /// A header value as signed: trimmed, each run of spaces one space.
 fn push_trimmed(out: &mut String, value: &str) {
     let mut space = false;
-    for c in value.trim().chars() {
+    for c in value.trim_matches(' ').chars() {
         if c == ' ' {
             if !space {
                 out.push(' ');

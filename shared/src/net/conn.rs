@@ -4,6 +4,7 @@
 //! a URL parse per request, which together cost about a tenth of a warm request's CPU here
 //! (README, Performance); these calls need none of them.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,11 +81,15 @@ impl Connections {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Answer, Failed> {
-        match tokio::time::timeout(timeout, self.exchange(method, url, headers, body)).await {
+        // Whether the request may have left: until then a timeout is also "unsent".
+        let written = AtomicBool::new(false);
+        match tokio::time::timeout(timeout, self.exchange(method, url, headers, body, &written))
+            .await
+        {
             Ok(r) => r,
             Err(_) => Err(Failed {
                 timeout: true,
-                unsent: false,
+                unsent: !written.load(Ordering::Relaxed),
                 message: format!("no answer within {timeout:?}"),
             }),
         }
@@ -96,6 +101,7 @@ impl Connections {
         url: &reqwest::Url,
         headers: http::HeaderMap,
         body: Bytes,
+        written: &AtomicBool,
     ) -> Result<Answer, Failed> {
         let transport = |message: String| Failed {
             timeout: false,
@@ -124,6 +130,7 @@ impl Connections {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_string(),
         };
+        let length = body.len();
         let mut request = http::Request::new(Full::new(body));
         *request.method_mut() = method.clone();
         *request.uri_mut() = target
@@ -134,6 +141,13 @@ impl Connections {
             HOST,
             HeaderValue::from_str(&host).map_err(|e| transport(format!("host: {e}")))?,
         );
+        // hyper leaves the length out of a request whose body is empty; S3 refuses a PUT without
+        // one (411).
+        if !matches!(*method, http::Method::GET | http::Method::HEAD) {
+            request
+                .headers_mut()
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
         let mut request = Some(request);
 
         // A kept connection the server has since closed fails before the request leaves: then
@@ -159,14 +173,22 @@ impl Connections {
                 continue;
             }
             let unsent = request.take().expect("kept for a retry");
+            written.store(true, Ordering::Relaxed);
             let response = match sender.try_send_request(unsent).await {
                 Ok(r) => r,
                 Err(mut e) => {
-                    if !fresh && let Some(unsent) = e.take_message() {
-                        request = Some(unsent);
+                    let given_back = e.take_message();
+                    if given_back.is_some() {
+                        written.store(false, Ordering::Relaxed);
+                    }
+                    if !fresh && given_back.is_some() {
+                        request = given_back;
                         continue;
                     }
-                    return Err(transport(error_chain(e.error())));
+                    return Err(Failed {
+                        unsent: given_back.is_some(),
+                        ..transport(error_chain(e.error()))
+                    });
                 }
             };
             let status = response.status().as_u16();
@@ -207,15 +229,17 @@ impl Connections {
     }
 
     async fn connect(&self, origin: &Origin) -> Result<SendRequest<Full<Bytes>>, Failed> {
+        // An IPv6 address without the URL's brackets.
+        let bare = origin.host.trim_start_matches('[').trim_end_matches(']');
         let connecting = async {
-            let tcp = tokio::net::TcpStream::connect((origin.host.as_str(), origin.port))
+            let tcp = tokio::net::TcpStream::connect((bare, origin.port))
                 .await
                 .map_err(|e| format!("connect to {}:{}: {e}", origin.host, origin.port))?;
             let _ = tcp.set_nodelay(true);
             if !origin.https {
                 return handshake(tcp).await;
             }
-            let name = ServerName::try_from(origin.host.clone())
+            let name = ServerName::try_from(bare.to_string())
                 .map_err(|e| format!("server name {}: {e}", origin.host))?;
             let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
                 .connect(name, tcp)
@@ -251,7 +275,7 @@ where
         .map_err(|e| error_chain(&e))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "an AWS connection ended");
+            tracing::debug!(error = %e, "a kept connection ended");
         }
     });
     Ok(sender)
@@ -317,7 +341,18 @@ mod tests {
                             .find_map(|l| l.strip_prefix("host: "))
                             .unwrap_or("-")
                             .to_string();
-                        let body = format!("{line} @ {host}");
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .unwrap_or("-")
+                            .to_string();
+                        let sent: usize = length.parse().unwrap_or(0);
+                        if buf.len() < sent {
+                            // (the tests' bodies arrive with their heads)
+                            return;
+                        }
+                        buf.drain(..sent);
+                        let body = format!("{line} @ {host} length {length}");
                         let extra = match close {
                             Close::Announced => "connection: close\r\n",
                             _ => "",
@@ -366,9 +401,79 @@ mod tests {
         let host = url.trim_start_matches("http://");
         for path in ["/a?x=1", "/b", "/"] {
             let answer = get(&c, &format!("{url}{path}")).await.unwrap();
-            assert_eq!(answer, format!("GET {path} HTTP/1.1 @ {host}"));
+            assert_eq!(answer, format!("GET {path} HTTP/1.1 @ {host} length -"));
         }
         assert_eq!(opened.load(Ordering::SeqCst), 1);
+    }
+
+    /// S3 refuses a PUT without a length; hyper sends none for an empty body by itself.
+    #[tokio::test]
+    async fn every_request_with_a_body_method_says_its_length() {
+        let (url, _) = server(Close::Never).await;
+        let c = connections();
+        let url = reqwest::Url::parse(&format!("{url}/bucket")).unwrap();
+        for (method, body, length) in [
+            (http::Method::PUT, "", "0"),
+            (http::Method::PUT, "abc", "3"),
+            (http::Method::POST, "{}", "2"),
+            (http::Method::HEAD, "", "-"),
+        ] {
+            let a = c
+                .send(
+                    &method,
+                    &url,
+                    http::HeaderMap::new(),
+                    Bytes::from(body),
+                    Duration::from_secs(2),
+                )
+                .await
+                .unwrap();
+            if method != http::Method::HEAD {
+                let answer = String::from_utf8(a.body.to_vec()).unwrap();
+                assert!(
+                    answer.ends_with(&format!("length {length}")),
+                    "{method}: {answer}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_address_is_connected_to() {
+        let Ok(listener) = std::net::TcpListener::bind("[::1]:0") else {
+            eprintln!("no IPv6 loopback here: skipped");
+            return;
+        };
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        // The server of the other tests, on [::1].
+        let listener = match TcpListener::bind(("::1", port)).await {
+            Ok(l) => l,
+            Err(_) => return,
+        };
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut chunk = [0u8; 4096];
+                    let n = tcp.read(&mut chunk).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&chunk[..n]).to_string();
+                    let host = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("host: "))
+                        .unwrap_or("-")
+                        .to_string();
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{host}",
+                        host.len()
+                    );
+                    let _ = tcp.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        let answer = get(&connections(), &format!("http://[::1]:{port}/"))
+            .await
+            .unwrap();
+        assert_eq!(answer, format!("[::1]:{port}"));
     }
 
     #[tokio::test]
