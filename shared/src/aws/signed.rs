@@ -298,7 +298,7 @@ impl Signed {
                 AwsError::local(service, code, e.message)
             })?;
         Ok(Reply {
-            status: answer.status,
+            status: answer.status.as_u16(),
             body: answer.body,
         })
     }

@@ -63,10 +63,7 @@ impl Signer {
         let payload = hex(digest::digest(&digest::SHA256, body).as_ref());
 
         // Every header signed, by lower-case name: the given ones, the host and ours.
-        let host = match url.port() {
-            Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
-            None => url.host_str().unwrap_or_default().to_string(),
-        };
+        let host = crate::net::conn::authority(url);
         let mut signed: Vec<(String, &str)> = Vec::with_capacity(headers.len() + 4);
         signed.push(("host".into(), &host));
         signed.push(("x-amz-date".into(), &amz_date));

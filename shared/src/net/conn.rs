@@ -36,7 +36,7 @@ pub(crate) struct Failed {
 
 /// What a call got back.
 pub(crate) struct Answer {
-    pub status: u16,
+    pub status: http::StatusCode,
     pub content_type: Option<HeaderValue>,
     pub body: Bytes,
 }
@@ -122,10 +122,7 @@ impl Connections {
                 .port_or_known_default()
                 .ok_or_else(|| transport("the URL has no port".into()))?,
         };
-        let host = match url.port() {
-            Some(p) => format!("{}:{p}", origin.host),
-            None => origin.host.clone(),
-        };
+        let host = authority(url);
         let target = match url.query() {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_string(),
@@ -191,7 +188,7 @@ impl Connections {
                     });
                 }
             };
-            let status = response.status().as_u16();
+            let status = response.status();
             let content_type = response.headers().get(http::header::CONTENT_TYPE).cloned();
             let body = response
                 .into_body()
@@ -281,7 +278,18 @@ where
     Ok(sender)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// The `Host` header of a request to `url`: the host, and the port when it is not the scheme's
+/// (also what SigV4 signs as `host`).
+pub(crate) fn authority(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    }
+}
+
+/// An error and its sources, `: `-joined.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -315,7 +323,10 @@ mod tests {
 
     /// An HTTP/1.1 server answering each request with its own request line; counts connections.
     async fn server(close: Close) -> (String, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        server_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), close)
+    }
+
+    fn server_on(listener: TcpListener, close: Close) -> (String, Arc<AtomicUsize>) {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let connections = Arc::new(AtomicUsize::new(0));
         let counter = connections.clone();
@@ -386,7 +397,7 @@ mod tests {
                 Duration::from_secs(2),
             )
             .await?;
-        assert_eq!(a.status, 200);
+        assert_eq!(a.status, http::StatusCode::OK);
         Ok(String::from_utf8(a.body.to_vec()).unwrap())
     }
 
@@ -440,40 +451,15 @@ mod tests {
 
     #[tokio::test]
     async fn an_ipv6_address_is_connected_to() {
-        let Ok(listener) = std::net::TcpListener::bind("[::1]:0") else {
+        let Ok(listener) = TcpListener::bind("[::1]:0").await else {
             eprintln!("no IPv6 loopback here: skipped");
             return;
         };
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
-        // The server of the other tests, on [::1].
-        let listener = match TcpListener::bind(("::1", port)).await {
-            Ok(l) => l,
-            Err(_) => return,
-        };
-        tokio::spawn(async move {
-            while let Ok((mut tcp, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut chunk = [0u8; 4096];
-                    let n = tcp.read(&mut chunk).await.unwrap_or(0);
-                    let head = String::from_utf8_lossy(&chunk[..n]).to_string();
-                    let host = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("host: "))
-                        .unwrap_or("-")
-                        .to_string();
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{host}",
-                        host.len()
-                    );
-                    let _ = tcp.write_all(answer.as_bytes()).await;
-                });
-            }
-        });
-        let answer = get(&connections(), &format!("http://[::1]:{port}/"))
-            .await
-            .unwrap();
-        assert_eq!(answer, format!("[::1]:{port}"));
+        let (url, _) = server_on(listener, Close::Never);
+        let port = url.rsplit(':').next().unwrap();
+        let answer = get(&connections(), &format!("{url}/")).await.unwrap();
+        // Connected, and the Host header keeps the brackets.
+        assert_eq!(answer, format!("GET / HTTP/1.1 @ [::1]:{port} length -"));
     }
 
     #[tokio::test]

@@ -309,16 +309,6 @@ mod tests {
             .unwrap()
     }
 
-    fn chain(e: &reqwest::Error) -> String {
-        let mut out = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            out.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        out
-    }
-
     #[tokio::test]
     async fn roots_are_read_once_at_the_first_certificate_check() {
         let pki = pki();
@@ -369,9 +359,9 @@ mod tests {
         let url = format!("https://localhost:{port}/");
         let e = client.get(&url).send().await.expect_err("no roots yet");
         assert!(
-            chain(&e).contains("no usable root certificates"),
+            conn::error_chain(&e).contains("no usable root certificates"),
             "{}",
-            chain(&e)
+            conn::error_chain(&e)
         );
         let r = client.get(&url).send().await.expect("roots read again");
         assert_eq!(r.status(), 200);
@@ -390,9 +380,9 @@ mod tests {
             .await
             .expect_err("an unknown issuer must be refused");
         assert!(
-            chain(&e).contains("invalid peer certificate: UnknownIssuer"),
+            conn::error_chain(&e).contains("invalid peer certificate: UnknownIssuer"),
             "{}",
-            chain(&e)
+            conn::error_chain(&e)
         );
 
         // The process's own configuration (the system's roots) refuses it too.
@@ -402,7 +392,7 @@ mod tests {
             .await
             .expect_err("a private CA is not a system root");
         // (A machine without any system roots refuses every server.)
-        let refused = chain(&e);
+        let refused = conn::error_chain(&e);
         assert!(
             refused.contains("invalid peer certificate: UnknownIssuer")
                 || refused.contains("no usable root certificates"),
@@ -421,7 +411,11 @@ mod tests {
             .send()
             .await
             .expect_err("the certificate names localhost only");
-        assert!(chain(&e).contains("not valid for name"), "{}", chain(&e));
+        assert!(
+            conn::error_chain(&e).contains("not valid for name"),
+            "{}",
+            conn::error_chain(&e)
+        );
     }
 
     /// The AWS calls' own connections (`aws::conn`) verify servers with the same configuration.
@@ -450,7 +444,10 @@ mod tests {
             Duration::from_secs(1),
         );
         let answer = send(trusted).await.expect("a trusted server");
-        assert_eq!((answer.status, &answer.body[..]), (200, &b"ok"[..]));
+        assert_eq!(
+            (answer.status.as_u16(), &answer.body[..]),
+            (200, &b"ok"[..])
+        );
 
         let other_ca = self::pki().ca;
         let untrusted = Connections::new(

@@ -140,7 +140,7 @@ async fn exchange(
                 WxError::Transport(e.message)
             }
         })?;
-    let status = http::StatusCode::from_u16(answer.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    let status = answer.status;
     let content_type = answer
         .content_type
         .as_ref()
