@@ -37,8 +37,32 @@ pub(crate) struct Failed {
 /// What a call got back.
 pub(crate) struct Answer {
     pub status: http::StatusCode,
-    pub content_type: Option<HeaderValue>,
+    pub headers: http::HeaderMap,
     pub body: Bytes,
+}
+
+/// Where calls go, parsed once: the connection's origin and the `Host` header.
+#[derive(Clone, Debug)]
+pub(crate) struct Endpoint {
+    origin: Origin,
+    host: HeaderValue,
+}
+
+impl Endpoint {
+    /// The endpoint of `url` (its scheme, host and port; the path is the call's).
+    pub fn of(url: &reqwest::Url) -> Result<Endpoint, String> {
+        let origin = Origin {
+            https: match url.scheme() {
+                "https" => true,
+                "http" => false,
+                s => return Err(format!("unsupported scheme {s}")),
+            },
+            host: url.host_str().ok_or("the URL has no host")?.to_string(),
+            port: url.port_or_known_default().ok_or("the URL has no port")?,
+        };
+        let host = HeaderValue::from_str(&authority(url)).map_err(|e| format!("host: {e}"))?;
+        Ok(Endpoint { origin, host })
+    }
 }
 
 /// A kept connection: its origin, when it was given back, its sender.
@@ -81,11 +105,38 @@ impl Connections {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Answer, Failed> {
+        let endpoint = Endpoint::of(url).map_err(|message| Failed {
+            timeout: false,
+            unsent: true,
+            message,
+        })?;
+        let target = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        self.send_to(&endpoint, method, &target, headers, body, Some(timeout))
+            .await
+    }
+
+    /// [`Connections::send`] to an endpoint parsed once, `target` being the path and query;
+    /// without a `timeout` the call waits as long as the answer takes (the Lambda runtime API's
+    /// next event).
+    pub async fn send_to(
+        &self,
+        endpoint: &Endpoint,
+        method: &http::Method,
+        target: &str,
+        headers: http::HeaderMap,
+        body: Bytes,
+        timeout: Option<Duration>,
+    ) -> Result<Answer, Failed> {
         // Whether the request may have left: until then a timeout is also "unsent".
         let written = AtomicBool::new(false);
-        match tokio::time::timeout(timeout, self.exchange(method, url, headers, body, &written))
-            .await
-        {
+        let exchange = self.exchange(endpoint, method, target, headers, body, &written);
+        let Some(timeout) = timeout else {
+            return exchange.await;
+        };
+        match tokio::time::timeout(timeout, exchange).await {
             Ok(r) => r,
             Err(_) => Err(Failed {
                 timeout: true,
@@ -97,8 +148,9 @@ impl Connections {
 
     async fn exchange(
         &self,
+        endpoint: &Endpoint,
         method: &http::Method,
-        url: &reqwest::Url,
+        target: &str,
         headers: http::HeaderMap,
         body: Bytes,
         written: &AtomicBool,
@@ -108,25 +160,7 @@ impl Connections {
             unsent: false,
             message,
         };
-        let origin = Origin {
-            https: match url.scheme() {
-                "https" => true,
-                "http" => false,
-                s => return Err(transport(format!("unsupported scheme {s}"))),
-            },
-            host: url
-                .host_str()
-                .ok_or_else(|| transport("the URL has no host".into()))?
-                .to_string(),
-            port: url
-                .port_or_known_default()
-                .ok_or_else(|| transport("the URL has no port".into()))?,
-        };
-        let host = authority(url);
-        let target = match url.query() {
-            Some(q) => format!("{}?{q}", url.path()),
-            None => url.path().to_string(),
-        };
+        let origin = &endpoint.origin;
         let length = body.len();
         let mut request = http::Request::new(Full::new(body));
         *request.method_mut() = method.clone();
@@ -134,10 +168,7 @@ impl Connections {
             .parse()
             .map_err(|e| transport(format!("request target: {e}")))?;
         *request.headers_mut() = headers;
-        request.headers_mut().insert(
-            HOST,
-            HeaderValue::from_str(&host).map_err(|e| transport(format!("host: {e}")))?,
-        );
+        request.headers_mut().insert(HOST, endpoint.host.clone());
         // hyper leaves the length out of a request whose body is empty; S3 refuses a PUT without
         // one (411).
         if !matches!(*method, http::Method::GET | http::Method::HEAD) {
@@ -151,13 +182,13 @@ impl Connections {
         // once more on a new one, at once (the caller's retries are for the service's failures).
         let mut fresh = false;
         loop {
-            let mut sender = match self.take(&origin) {
+            let mut sender = match self.take(origin) {
                 Some(s) => s,
                 None => {
                     fresh = true;
                     // Boxed: a TLS handshake's state is large, and a call's future is part of
                     // every caller's (a debug build's test thread overflowed its stack).
-                    Box::pin(self.connect(&origin)).await?
+                    Box::pin(self.connect(origin)).await?
                 }
             };
             if sender.ready().await.is_err() {
@@ -188,18 +219,16 @@ impl Connections {
                     });
                 }
             };
-            let status = response.status();
-            let content_type = response.headers().get(http::header::CONTENT_TYPE).cloned();
-            let body = response
-                .into_body()
+            let (parts, body) = response.into_parts();
+            let body = body
                 .collect()
                 .await
                 .map_err(|e| transport(error_chain(&e)))?
                 .to_bytes();
-            self.give_back(origin, sender);
+            self.give_back(origin.clone(), sender);
             return Ok(Answer {
-                status,
-                content_type,
+                status: parts.status,
+                headers: parts.headers,
                 body,
             });
         }

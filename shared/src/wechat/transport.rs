@@ -142,8 +142,8 @@ async fn exchange(
         })?;
     let status = answer.status;
     let content_type = answer
-        .content_type
-        .as_ref()
+        .headers
+        .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();

@@ -1,0 +1,149 @@
+//! The Lambda adapter: `lambda_http` serves the function's [`crate::routes::router`]. API Gateway
+//! HTTP API (payload 2.0) events in; JSON leaves as text, images base64 with `isBase64Encoded`
+//! (`lambda_http` decides by content type). The router never fails: every failure is already a
+//! JSON response, including running out of time (answered just before Lambda's deadline).
+//!
+//! The loop that asks Lambda for events and posts the answers is our own ([`runtime_api`]);
+//! `lambda_http`'s conversions are used on either side of the router.
+//!
+//! One thing `lambda_http` does not do: a named stage stays in the request path (`/prod/login`;
+//! `AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH` only stops it adding one), so it is taken off here
+//! before routing.
+
+pub mod runtime_api;
+
+use std::sync::Arc;
+
+use lambda_http::lambda_runtime::{Diagnostic, LambdaEvent};
+use lambda_http::request::{LambdaRequest, RequestContext};
+use lambda_http::{Adapter, Error, Request, RequestExt};
+use tower::{Service, ServiceBuilder};
+
+use crate::app::App;
+use crate::routes::{Surface, router};
+
+/// Runs the function until Lambda stops it.
+pub async fn run(app: App, surface: Surface) -> Result<(), Error> {
+    crate::metrics::init(surface.function_name());
+    let service = ServiceBuilder::new()
+        .map_request(strip_stage)
+        .service(router(Arc::new(app), surface));
+    let mut adapter = Adapter::from(service);
+    runtime_api::serve(move |event: bytes::Bytes, context| {
+        // Not an API Gateway event: the invocation's error, the router never called.
+        let answer = parse::<LambdaRequest>(&event).map(|request| {
+            // The router never fails (every failure is a JSON answer).
+            adapter.call(LambdaEvent::new(request, context))
+        });
+        async move {
+            let response = answer?.await.unwrap_or_else(|e| match e {});
+            serde_json::to_vec(&response).map_err(|e| diagnostic("Serialization", &e))
+        }
+    })
+    .await
+}
+
+/// The event as `T`, or the invocation's error naming where it did not fit (never its content).
+fn parse<T: serde::de::DeserializeOwned>(event: &[u8]) -> Result<T, Diagnostic> {
+    let mut json = serde_json::Deserializer::from_slice(event);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        diagnostic(
+            "InvalidEvent",
+            &format!("the event does not fit at {path}: {}", e.inner()),
+        )
+    })
+}
+
+fn diagnostic(error_type: &str, message: &dyn std::fmt::Display) -> Diagnostic {
+    Diagnostic {
+        error_type: error_type.to_string(),
+        error_message: message.to_string(),
+    }
+}
+
+/// `/prod/login` → `/login` when the request came through the stage `prod`.
+pub fn strip_stage(mut req: Request) -> Request {
+    let stage = match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(ctx)) => ctx.stage.clone(),
+        _ => None,
+    };
+    let Some(stage) = stage.filter(|s| s != "$default") else {
+        return req;
+    };
+    let prefix = format!("/{stage}");
+    let path = req.uri().path();
+    let Some(rest) = path
+        .strip_prefix(&prefix)
+        .filter(|r| r.is_empty() || r.starts_with('/'))
+    else {
+        return req;
+    };
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let uri = match req.uri().query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    if let Ok(uri) = uri.parse() {
+        *req.uri_mut() = uri;
+    }
+    req
+}
+
+/// Runs an event function (EventBridge's targets: the refresher, notify) until Lambda stops it:
+/// each event handled in its own request scope, one log line per event with the Lambda request
+/// id, X-Ray's trace id, the outcome and the time, and the metrics flushed after it.
+pub async fn run_events<E, R, F, Fut>(handler: F) -> Result<(), Error>
+where
+    E: serde::de::DeserializeOwned,
+    R: serde::Serialize,
+    F: Fn(E) -> Fut,
+    Fut: std::future::Future<Output = Result<R, Error>>,
+{
+    let handler = &handler;
+    runtime_api::serve(move |event: bytes::Bytes, ctx| async move {
+        let request_id = ctx.request_id;
+        let trace_id = ctx.xray_trace_id;
+        let started = crate::clock::now();
+        let payload = match parse::<E>(&event) {
+            Ok(payload) => payload,
+            Err(e) => {
+                tracing::error!(
+                    request_id,
+                    trace_id,
+                    error = e.error_message,
+                    "event refused"
+                );
+                return Err(e);
+            }
+        };
+        // Boxed: the handler's future (the whole notify flow) stays out of the loop's types,
+        // which otherwise nest deeper than rustc's default query depth on a clean build.
+        let work: std::pin::Pin<Box<dyn std::future::Future<Output = Result<R, Error>> + '_>> =
+            Box::pin(handler(payload));
+        let result = crate::scope::run_request(request_id.clone(), None, work).await;
+        let ms = (crate::clock::now() - started).as_secs_f64() * 1000.0;
+        let trace_id = trace_id.as_deref();
+        let answer = match result {
+            Ok(outcome) => {
+                let outcome =
+                    serde_json::to_vec(&outcome).map_err(|e| diagnostic("Serialization", &e))?;
+                tracing::info!(
+                    request_id,
+                    trace_id,
+                    outcome = %String::from_utf8_lossy(&outcome),
+                    ms,
+                    "event handled"
+                );
+                Ok(outcome)
+            }
+            Err(e) => {
+                tracing::error!(request_id, trace_id, error = %e, ms, "event failed");
+                Err(Diagnostic::from(e))
+            }
+        };
+        crate::metrics::flush();
+        answer
+    })
+    .await
+}

@@ -1,0 +1,260 @@
+//! Lambda's runtime API, driven by a loop of our own: the next event is asked for, handled, and
+//! its answer (or error) posted back, one at a time, on one kept HTTP/1.1 connection (the
+//! process's [`Connections`]). `lambda_runtime`'s own loop does the same through a tower stack, a
+//! tracing span per invocation, a connection pool and a URL parse per call, which together cost
+//! about a tenth of a warm request's CPU here (README, Performance).
+//!
+//! The event's [`Context`] is `lambda_runtime`'s, built from the same headers. Not done, as for
+//! none of these functions it is needed: response streaming, SnapStart hooks, managed
+//! concurrency, and `_X_AMZN_TRACE_ID` in the environment (X-Ray's trace id is in the context and
+//! in the request's `x-amzn-trace-id` header). A panic aborts the process (the release profile's
+//! `panic = "abort"`): Lambda reports the invocation failed and starts a new instance.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use lambda_http::lambda_runtime::{Config, Context, Diagnostic, Error};
+
+use crate::net::conn::{Answer, Connections, Endpoint};
+
+/// The runtime API's version prefix.
+const PREFIX: &str = "/2018-06-01/runtime";
+/// The header echoed back with an invocation's answer, so that Lambda can refuse a late answer
+/// to an invocation it has already given up on.
+const INVOCATION_ID: &str = "lambda-runtime-invocation-id";
+/// Longest wait for a connection to the runtime API (it is local).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One invocation: its context and its event, unparsed.
+pub struct Invocation {
+    pub context: Context,
+    pub event: Bytes,
+    pub answering: Answering,
+}
+
+/// What an invocation's answer is posted with.
+pub struct Answering {
+    request_id: String,
+    invocation_id: Option<HeaderValue>,
+}
+
+/// The runtime API of `AWS_LAMBDA_RUNTIME_API`.
+pub struct RuntimeApi {
+    connections: Connections,
+    endpoint: Endpoint,
+    /// The path the API's own paths go under, with its version: `AWS_LAMBDA_RUNTIME_API` may have
+    /// one of its own (`cargo lambda watch` gives `127.0.0.1:9000/.rt`).
+    base: String,
+    /// `{base}/invocation/next`.
+    next: String,
+    config: Arc<Config>,
+    user_agent: HeaderValue,
+}
+
+impl RuntimeApi {
+    /// From the environment Lambda gives a function (`AWS_LAMBDA_RUNTIME_API`,
+    /// `AWS_LAMBDA_FUNCTION_NAME`, ...).
+    pub fn from_env() -> Result<RuntimeApi, Error> {
+        let api = std::env::var("AWS_LAMBDA_RUNTIME_API")
+            .map_err(|_| "AWS_LAMBDA_RUNTIME_API is not set: not running in Lambda")?;
+        let (endpoint, base) =
+            locate(&api).map_err(|e| format!("AWS_LAMBDA_RUNTIME_API {api:?}: {e}"))?;
+        for name in [
+            "AWS_LAMBDA_FUNCTION_NAME",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+            "AWS_LAMBDA_FUNCTION_VERSION",
+        ] {
+            if std::env::var_os(name).is_none() {
+                return Err(format!("{name} is not set: not running in Lambda").into());
+            }
+        }
+        Ok(RuntimeApi {
+            connections: Connections::new(crate::net::tls_config(), CONNECT_TIMEOUT),
+            endpoint,
+            next: format!("{base}/invocation/next"),
+            base,
+            config: Arc::new(Config::from_env()),
+            user_agent: HeaderValue::from_static(concat!("wxmp/", env!("CARGO_PKG_VERSION"))),
+        })
+    }
+
+    async fn call(
+        &self,
+        method: &Method,
+        target: &str,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Answer, Error> {
+        headers.insert(http::header::USER_AGENT, self.user_agent.clone());
+        // No timeout: the next event comes when it comes, and Lambda ends an instance whose
+        // answer it does not take.
+        let answer = self
+            .connections
+            .send_to(&self.endpoint, method, target, headers, body, None)
+            .await
+            .map_err(|e| format!("the Lambda runtime API: {}", e.message))?;
+        Ok(answer)
+    }
+
+    /// Waits for the next invocation.
+    pub async fn next(&self) -> Result<Invocation, Error> {
+        loop {
+            let answer = self
+                .call(&Method::GET, &self.next, HeaderMap::new(), Bytes::new())
+                .await?;
+            // `cargo lambda watch` answers 204 to keep a poll alive: no event, ask again.
+            if answer.status == StatusCode::NO_CONTENT {
+                continue;
+            }
+            if !answer.status.is_success() {
+                return Err(format!(
+                    "the Lambda runtime API answered {} to the next-event poll",
+                    answer.status
+                )
+                .into());
+            }
+            let headers = &answer.headers;
+            let request_id = headers
+                .get("lambda-runtime-aws-request-id")
+                .and_then(|v| v.to_str().ok())
+                .ok_or("the next event has no lambda-runtime-aws-request-id")?;
+            if headers.get("lambda-runtime-deadline-ms").is_none() {
+                return Err("the next event has no lambda-runtime-deadline-ms".into());
+            }
+            let context = Context::new(request_id, self.config.clone(), headers)?;
+            return Ok(Invocation {
+                answering: Answering {
+                    request_id: context.request_id.clone(),
+                    invocation_id: headers.get(INVOCATION_ID).cloned(),
+                },
+                context,
+                event: answer.body,
+            });
+        }
+    }
+
+    /// Posts the invocation's answer (JSON).
+    pub async fn respond(&self, invocation: &Answering, answer: Vec<u8>) -> Result<(), Error> {
+        let target = format!(
+            "{}/invocation/{}/response",
+            self.base, invocation.request_id
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        self.post(invocation, &target, headers, answer.into()).await
+    }
+
+    /// Posts that the invocation failed.
+    pub async fn fail(&self, invocation: &Answering, error: &Diagnostic) -> Result<(), Error> {
+        let target = format!("{}/invocation/{}/error", self.base, invocation.request_id);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            "lambda-runtime-function-error-type",
+            HeaderValue::from_static("unhandled"),
+        );
+        let body = serde_json::to_vec(error)?;
+        self.post(invocation, &target, headers, body.into()).await
+    }
+
+    async fn post(
+        &self,
+        invocation: &Answering,
+        target: &str,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<(), Error> {
+        if let Some(id) = &invocation.invocation_id {
+            headers.insert(INVOCATION_ID, id.clone());
+        }
+        let answer = self.call(&Method::POST, target, headers, body).await?;
+        // 413: the answer is over Lambda's limit; 400/403: the invocation is no longer this
+        // instance's. Either way the invocation is over, and the next one can be taken.
+        if !answer.status.is_success() {
+            tracing::error!(
+                request_id = invocation.request_id,
+                status = answer.status.as_u16(),
+                answer = %String::from_utf8_lossy(&answer.body),
+                "the Lambda runtime API refused an invocation's answer"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Where the runtime API of `AWS_LAMBDA_RUNTIME_API` is (Lambda gives `host:port`; `cargo lambda
+/// watch` a URL with a path, `http://127.0.0.1:9000/.rt`): its endpoint, and the path its calls
+/// go under.
+fn locate(api: &str) -> Result<(Endpoint, String), String> {
+    let url = if api.contains("://") {
+        reqwest::Url::parse(api)
+    } else {
+        reqwest::Url::parse(&format!("http://{api}"))
+    }
+    .map_err(|e| e.to_string())?;
+    let base = format!("{}{PREFIX}", url.path().trim_end_matches('/'));
+    Ok((Endpoint::of(&url)?, base))
+}
+
+/// Handles invocations until the runtime API fails: each event given to `handle`, its answer or
+/// error posted back. An `Err` from `handle` is the invocation's error (Lambda's retries of
+/// asynchronous events see it); the loop goes on.
+pub async fn serve<F, Fut>(mut handle: F) -> Result<(), Error>
+where
+    F: FnMut(Bytes, Context) -> Fut,
+    Fut: Future<Output = Result<Vec<u8>, Diagnostic>>,
+{
+    let api = RuntimeApi::from_env()?;
+    loop {
+        let Invocation {
+            context,
+            event,
+            answering,
+        } = api.next().await?;
+        match handle(event, context).await {
+            Ok(answer) => api.respond(&answering, answer).await?,
+            Err(error) => api.fail(&answering, &error).await?,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runtime_api_is_found_as_lambda_and_cargo_lambda_give_it() {
+        let (endpoint, base) = locate("127.0.0.1:9001").unwrap();
+        assert_eq!(
+            format!("{endpoint:?}"),
+            format!(
+                "{:?}",
+                Endpoint::of(&"http://127.0.0.1:9001".parse().unwrap()).unwrap()
+            )
+        );
+        assert_eq!(base, "/2018-06-01/runtime");
+        let (endpoint, base) = locate("http://127.0.0.1:9000/.rt").unwrap();
+        assert_eq!(
+            format!("{endpoint:?}"),
+            format!(
+                "{:?}",
+                Endpoint::of(&"http://127.0.0.1:9000".parse().unwrap()).unwrap()
+            )
+        );
+        assert_eq!(base, "/.rt/2018-06-01/runtime");
+        assert_eq!(
+            locate("http://localhost:9001/").unwrap().1,
+            "/2018-06-01/runtime"
+        );
+        assert!(locate("ftp://127.0.0.1:21").is_err());
+    }
+}
