@@ -253,6 +253,36 @@ async fn bodies_without_content_type_or_in_base64_are_read() {
 }
 
 #[tokio::test]
+async fn an_event_not_from_api_gateway_is_the_invocations_error_and_the_next_is_served() {
+    let f = Function::start().await;
+    // WHEN the function is invoked with something that is not an API Gateway event (a test
+    // invocation from the console with the wrong template, say)
+    let result = f
+        .api
+        .invoke_full(json!("not an event"), DEFAULT_INVOKE_TIMEOUT)
+        .await
+        .result;
+    // THEN the invocation fails as an unhandled function error naming what was wrong, not
+    // what was sent
+    match &result {
+        Err(InvocationError::Function {
+            error_type, body, ..
+        }) => {
+            assert_eq!(error_type.as_deref(), Some("unhandled"), "{body}");
+            assert_eq!(body["errorType"], "InvalidEvent", "{body}");
+            let message = body["errorMessage"].as_str().unwrap_or_default();
+            assert!(message.contains("does not fit"), "{body}");
+            assert!(!message.contains("not an event"), "{body}");
+        }
+        other => panic!("{other:?}\n{}", f.process.output()),
+    }
+    // AND the same process serves the next invocation
+    let code = f.env.sandbox().mint_login_code("after-a-bad-event");
+    let a = f.login_with(&code).await;
+    assert_eq!(a.response.status, 200, "{}", a.raw);
+}
+
+#[tokio::test]
 async fn bad_input_is_a_400_response_not_a_function_error() {
     let f = Function::start().await;
     let oversized = json!({ "code": "x", "pad": "p".repeat(17 * 1024) }).to_string();
