@@ -14,7 +14,7 @@ start_moto
 # Two builds, so that the functions are built alone, exactly as deployed (one build would unify
 # the bench's features, such as wxmp's call counters, into them).
 # BENCH_PROFILE=profiling measures the same build with symbols; BENCH_PERF=<scenario> (one of
-# login, "login secret", "GET /session", "metrics off", "code miss", "code hit", push, "python login", echo) records that scenario's
+# login, "login secret", "GET /session", "metrics off", "code miss", "code hit", "code hit s3", push, "python login", echo) records that scenario's
 # warm run with `perf record` into target/perf-<scenario>.data (its CPU figure then includes
 # perf's overhead). BENCH_ONLY=<scenario>[,...] runs only those.
 profile="${BENCH_PROFILE:-release}"

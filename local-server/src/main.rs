@@ -96,7 +96,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let codes = match (&config.code_bucket, &sdk) {
         (Some(bucket), Some(sdk)) => {
-            let cache = CodeCache::new(wxmp::aws::s3(sdk), bucket.clone());
+            let cache = CodeCache::new(wxmp::aws::s3(sdk), bucket.clone())
+                .keeping(config.code_cache_memory);
             cache.ensure_bucket().await?;
             Some(cache)
         }

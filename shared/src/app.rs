@@ -132,7 +132,7 @@ impl App {
         let codes = config
             .code_bucket
             .as_ref()
-            .map(|b| CodeCache::new(crate::aws::s3(sdk), b));
+            .map(|b| CodeCache::new(crate::aws::s3(sdk), b).keeping(config.code_cache_memory));
         let events = config.event_bus.as_ref().map(|bus| {
             Arc::new(EventBridgeSink::new(crate::aws::eventbridge(sdk), bus)) as Arc<dyn EventSink>
         });

@@ -9,6 +9,10 @@ pub const DEFAULT_WECHAT_API_BASE: &str = "https://api.weixin.qq.com";
 /// One week, the contract's default session lifetime.
 pub const DEFAULT_SESSION_TTL_SECS: u64 = 604_800;
 
+/// Megabytes of code images an instance keeps in memory unless `CODE_CACHE_MEMORY_MB` says
+/// otherwise: a few hundred codes as WeChat makes them, well inside a 128 MB function.
+pub const DEFAULT_CODE_CACHE_MEMORY_MB: usize = 4;
+
 /// EventBridge's schedule in template.yaml, and the local server's default refresh interval.
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(240);
 
@@ -82,6 +86,9 @@ pub struct Config {
     /// `None` only where the caller brings its own store (the local server's embedded one).
     pub table_name: Option<String>,
     pub code_bucket: Option<String>,
+    /// `CODE_CACHE_MEMORY_MB`: the bytes of code images each instance keeps in memory in front
+    /// of the S3 cache (default 4 MB; 0 keeps none).
+    pub code_cache_memory: usize,
     pub session_ttl: Duration,
     /// `TOKEN_MAX_AGE_SECS` (legacy mode only): the seed article's token freshness.
     pub token_max_age: Option<Duration>,
@@ -175,6 +182,17 @@ impl Config {
                 })?,
         };
         let refresh_interval = refresh_interval(get("REFRESH_INTERVAL_SECS"))?;
+        let code_cache_memory_mb = match get("CODE_CACHE_MEMORY_MB") {
+            None => DEFAULT_CODE_CACHE_MEMORY_MB,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= 64)
+                .ok_or_else(|| ConfigError {
+                    var: "CODE_CACHE_MEMORY_MB",
+                    reason: format!("must be a whole number of megabytes from 0 to 64, got {v:?}"),
+                })?,
+        };
         let token_max_age = match get("TOKEN_MAX_AGE_SECS") {
             None => None,
             Some(_) if token_mode != TokenMode::Legacy => {
@@ -229,6 +247,7 @@ impl Config {
             token_mode,
             table_name: get("TABLE_NAME"),
             code_bucket: get("CODE_BUCKET"),
+            code_cache_memory: code_cache_memory_mb * 1024 * 1024,
             session_ttl: Duration::from_secs(session_ttl_secs),
             token_max_age,
             refresh_interval,
@@ -293,12 +312,27 @@ mod tests {
             ("WECHAT_API_BASE", "ftp://x"),
             ("WECHAT_PUSH_AES_KEY", "too-short"),
             ("WECHAT_PUSH_TOKEN", "x"),
+            ("CODE_CACHE_MEMORY_MB", "65"),
+            ("CODE_CACHE_MEMORY_MB", "-1"),
+            ("CODE_CACHE_MEMORY_MB", "4MB"),
         ] {
             let mut pairs = base.to_vec();
             pairs.push((var, bad));
             let err = cfg(&pairs).unwrap_err();
             assert_eq!(err.var, var, "{err}");
         }
+    }
+
+    #[test]
+    fn codes_kept_in_memory_are_4_mb_unless_set() {
+        let base = [("WECHAT_APPID", "wx1"), ("WECHAT_SECRET", "s")];
+        assert_eq!(cfg(&base).unwrap().code_cache_memory, 4 << 20);
+        let mut off = base.to_vec();
+        off.push(("CODE_CACHE_MEMORY_MB", "0"));
+        assert_eq!(cfg(&off).unwrap().code_cache_memory, 0);
+        let mut most = base.to_vec();
+        most.push(("CODE_CACHE_MEMORY_MB", "64"));
+        assert_eq!(cfg(&most).unwrap().code_cache_memory, 64 << 20);
     }
 
     #[test]

@@ -550,3 +550,67 @@ async fn an_overrun_of_the_lambda_deadline_names_the_part_that_was_slow() {
         (503, json!("store_unavailable"))
     );
 }
+
+#[tokio::test]
+async fn a_code_asked_again_is_answered_from_the_instances_memory() {
+    // GIVEN the qrcode function as deployed (codes kept in memory by default) and one told to
+    // keep none
+    let env = cached_env().await;
+    let token = env.login("poster").await;
+    let api = RuntimeApi::start().await;
+    let _kept =
+        e2e::FunctionProcess::spawn(&e2e::binary_path("qrcode"), &api, &env.function_env().await);
+    let none_api = RuntimeApi::start().await;
+    let mut none_env = env.function_env().await;
+    none_env.push(("CODE_CACHE_MEMORY_MB".into(), "0".into()));
+    let _none = e2e::FunctionProcess::spawn(&e2e::binary_path("qrcode"), &none_api, &none_env);
+    let auth = format!("Bearer {token}");
+    let ask = |body: &'static [u8]| {
+        v2_event(
+            "POST",
+            "/qrcode",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            Some(body),
+            false,
+        )
+    };
+    let code = br#"{"scene":"share=42"}"#;
+
+    // WHEN a code is made, its S3 copy then removed (as the bucket's lifecycle rule would),
+    // and the same code asked for again
+    let first = V2Response::parse(&api.invoke(ask(code)).await.unwrap());
+    assert_eq!((first.status, first.header("x-cache")), (200, Some("miss")));
+    let key = wait_for_object(&env).await;
+    moto::s3_client(&env.sdk)
+        .delete_object()
+        .bucket(env.bucket.as_ref().unwrap())
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_calls(&env), 1);
+    let again = V2Response::parse(&api.invoke(ask(code)).await.unwrap());
+
+    // THEN the instance answers it from memory: a hit, the same image, WeChat not asked again
+    assert_eq!((again.status, again.header("x-cache")), (200, Some("hit")));
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.body, render_code(&params("share=42")));
+    assert_eq!(code_calls(&env), 1);
+
+    // AND an instance keeping none has only S3 (now without the code): WeChat makes it again
+    let other = V2Response::parse(&none_api.invoke(ask(code)).await.unwrap());
+    assert_eq!((other.status, other.header("x-cache")), (200, Some("miss")));
+    assert_eq!(code_calls(&env), 2);
+
+    // AND `"cache": false` still goes to WeChat, memory or not
+    let bypass = V2Response::parse(
+        &api.invoke(ask(br#"{"scene":"share=42","cache":false}"#))
+            .await
+            .unwrap(),
+    );
+    assert_eq!((bypass.status, bypass.header("x-cache")), (200, None));
+    assert_eq!(code_calls(&env), 3);
+}

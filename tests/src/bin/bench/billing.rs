@@ -304,7 +304,7 @@ fn code_event(bearer: &str, scene: &str) -> Value {
 }
 
 /// Whether scenario `what` runs: all of them, or those named in `BENCH_ONLY` (comma-separated:
-/// login, login secret, GET /session, code miss, code hit, python login, echo).
+/// login, login secret, GET /session, code miss, code hit, code hit s3, python login, echo).
 fn only(what: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |o| o.split(',').any(|w| w.trim() == what))
 }
@@ -496,7 +496,8 @@ pub async fn run() {
     }
 
     if only("code hit") {
-        // qrcode: the same code again (served from S3).
+        // qrcode: the same code again, as deployed: answered from the instance's memory (the
+        // first ask reads it from S3).
         let count = n(10_000);
         let w = warm(
             Runner::Rust("qrcode"),
@@ -508,7 +509,29 @@ pub async fn run() {
         )
         .await;
         figures(
-            "qrcode: code hit (S3)".into(),
+            "qrcode: code hit (the instance's memory)".into(),
+            (vec![], vec![]),
+            w,
+            count + 1,
+        );
+    }
+
+    if only("code hit s3") {
+        // qrcode: the same code again with no codes kept in memory: each one read from S3.
+        let count = n(10_000);
+        let mut s3_only = fenv.clone();
+        s3_only.push(("CODE_CACHE_MEMORY_MB".into(), "0".into()));
+        let w = warm(
+            Runner::Rust("qrcode"),
+            &s3_only,
+            code_event(&bearer, "hit"),
+            count,
+            &mut |_| code_event(&bearer, "hit"),
+            "code hit s3",
+        )
+        .await;
+        figures(
+            "qrcode: code hit (S3; CODE_CACHE_MEMORY_MB=0)".into(),
             (vec![], vec![]),
             w,
             count + 1,
@@ -616,11 +639,12 @@ fn targets(all: &[Figures]) {
             .find(|f| f.label.starts_with(prefix))
             .expect("scenario ran")
     };
-    let (login, session, miss, hit, python, echo) = (
+    let (login, session, miss, hit, hit_s3, python, echo) = (
         get("login: POST"),
         get("login: GET"),
         get("qrcode: code miss"),
-        get("qrcode: code hit"),
+        get("qrcode: code hit (the"),
+        get("qrcode: code hit (S3"),
         get("python"),
         get("echo"),
     );
@@ -639,7 +663,7 @@ fn targets(all: &[Figures]) {
         "-",
         None,
     );
-    for f in [hit, session] {
+    for f in [hit, hit_s3, session] {
         row(
             &format!("CPU per warm invocation, {}", f.label),
             format!("{:.3} ms", f.cpu_per_warm.as_secs_f64() * 1e3),
@@ -697,7 +721,7 @@ fn targets(all: &[Figures]) {
         "not worse",
         Some(login.warm_p50() <= python.warm_p50()),
     );
-    for f in [session, hit] {
+    for f in [session, hit, hit_s3] {
         let judged = f.served >= 10_000;
         row(
             &format!("peak RSS after {} requests, {}", f.served, f.label),
