@@ -179,7 +179,13 @@ impl Recent {
             }
         }
         kept.bytes += size;
-        kept.images.insert(key.to_string(), (image.clone(), tick));
+        // A copy of its own: the image's bytes may be a view into a larger buffer (the HTTP
+        // answer's), which would be kept whole and not counted.
+        let own = Image {
+            content_type: image.content_type,
+            bytes: bytes::Bytes::copy_from_slice(&image.bytes),
+        };
+        kept.images.insert(key.to_string(), (own, tick));
     }
 }
 
