@@ -82,8 +82,40 @@ impl<S: Subscriber> Layer<S> for JsonLines {
             };
             line.clear();
             format_line(&mut line, event, std::time::SystemTime::now());
-            let _ = std::io::stdout().lock().write_all(line.as_bytes());
+            let mut out = std::io::stdout().lock();
+            let _ = match TAIL.try_with(|t| t.take()) {
+                Ok(tail) if !tail.is_empty() => {
+                    let mut all = Vec::with_capacity(line.len() + tail.len());
+                    all.extend_from_slice(line.as_bytes());
+                    all.extend_from_slice(&tail);
+                    out.write_all(&all)
+                }
+                _ => out.write_all(line.as_bytes()),
+            };
         });
+    }
+}
+
+thread_local! {
+    /// Lines to go out in the same write as the next log line.
+    static TAIL: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Has `lines` (whole lines) written together with the next log line of this thread, in one
+/// write: a request's metrics go out with its log line. [`write_held`] writes them if no log
+/// line comes (its level filtered out).
+pub(crate) fn hold_for_next_line(lines: Vec<u8>) {
+    let _ = TAIL.try_with(|t| t.borrow_mut().extend_from_slice(&lines));
+}
+
+/// Writes what [`hold_for_next_line`] holds, if no log line has taken it.
+pub(crate) fn write_held() {
+    let Ok(tail) = TAIL.try_with(|t| t.take()) else {
+        return;
+    };
+    if !tail.is_empty() {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&tail).and_then(|_| out.flush());
     }
 }
 

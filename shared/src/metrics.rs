@@ -70,6 +70,16 @@ pub fn init(function: &'static str) {
 
 /// Writes what was recorded since the last flush, one EMF line per dimension set.
 pub fn flush() {
+    write(false)
+}
+
+/// [`flush`], the lines written with the thread's next log line (in one write) unless they go
+/// to `METRICS_FILE`; `crate::logging::write_held` writes them if no line comes.
+pub fn flush_with_next_log_line() {
+    write(true)
+}
+
+fn write(with_next_line: bool) {
     let Some(Some(c)) = COLLECTOR.get() else {
         return;
     };
@@ -87,6 +97,10 @@ pub fn flush() {
                 .append(true)
                 .open(path)
                 .and_then(|mut f| f.write_all(&lines)),
+            None if with_next_line => {
+                crate::logging::hold_for_next_line(lines);
+                Ok(())
+            }
             None => {
                 let mut out = std::io::stdout().lock();
                 out.write_all(&lines).and_then(|_| out.flush())

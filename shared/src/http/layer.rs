@@ -85,6 +85,16 @@ pub async fn request(req: Request, next: Next) -> Response {
     })
     .await;
     let took = clock::now() - started;
+    crate::metrics::request(
+        &route,
+        resp.status().as_u16(),
+        resp.extensions().get::<Logged>().map(|e| e.code),
+        resp.headers().get("x-cache").is_some_and(|v| v == "hit"),
+        took.as_secs_f64() * 1000.0,
+    );
+    // Once per invocation: what this request (and anything since the last flush) recorded,
+    // written in one write with the request's log line.
+    crate::metrics::flush_with_next_log_line();
     log(
         &request_id,
         trace_id.as_deref(),
@@ -93,15 +103,7 @@ pub async fn request(req: Request, next: Next) -> Response {
         &resp,
         took,
     );
-    crate::metrics::request(
-        &route,
-        resp.status().as_u16(),
-        resp.extensions().get::<Logged>().map(|e| e.code),
-        resp.headers().get("x-cache").is_some_and(|v| v == "hit"),
-        took.as_secs_f64() * 1000.0,
-    );
-    // Once per invocation: what this request (and anything since the last flush) recorded.
-    crate::metrics::flush();
+    crate::logging::write_held();
     resp
 }
 

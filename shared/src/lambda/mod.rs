@@ -14,6 +14,7 @@ pub mod runtime_api;
 
 use std::sync::Arc;
 
+use lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use lambda_http::lambda_runtime::{Diagnostic, LambdaEvent};
 use lambda_http::request::{LambdaRequest, RequestContext};
 use lambda_http::{Adapter, Error, Request, RequestExt};
@@ -31,7 +32,7 @@ pub async fn run(app: App, surface: Surface) -> Result<(), Error> {
     let mut adapter = Adapter::from(service);
     runtime_api::serve(move |event: bytes::Bytes, context| {
         // Not an API Gateway event: the invocation's error, the router never called.
-        let answer = parse::<LambdaRequest>(&event).map(|request| {
+        let answer = http_event(&event).map(|request| {
             // The router never fails (every failure is a JSON answer).
             adapter.call(LambdaEvent::new(request, context))
         });
@@ -43,14 +44,31 @@ pub async fn run(app: App, surface: Surface) -> Result<(), Error> {
     .await
 }
 
+/// An API Gateway HTTP API (payload 2.0) event, parsed once: `lambda_http`'s own
+/// `LambdaRequest` parse reads the event twice (a raw copy, then the event type).
+fn http_event(event: &[u8]) -> Result<LambdaRequest, Diagnostic> {
+    match serde_json::from_slice::<ApiGatewayV2httpRequest>(event) {
+        Ok(request) => Ok(LambdaRequest::ApiGatewayV2(request)),
+        // Again, to say where it did not fit.
+        Err(_) => parse::<ApiGatewayV2httpRequest>(event).map(LambdaRequest::ApiGatewayV2),
+    }
+}
+
 /// The event as `T`, or the invocation's error naming where it did not fit (never its content).
 fn parse<T: serde::de::DeserializeOwned>(event: &[u8]) -> Result<T, Diagnostic> {
     let mut json = serde_json::Deserializer::from_slice(event);
     serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        // Where and what kind, not serde's message: it quotes the values it met.
         let path = e.path().to_string();
+        let inner = e.inner();
         diagnostic(
             "InvalidEvent",
-            &format!("the event does not fit at {path}: {}", e.inner()),
+            &format!(
+                "the event does not fit at {path} ({:?} error at line {}, column {})",
+                inner.classify(),
+                inner.line(),
+                inner.column()
+            ),
         )
     })
 }

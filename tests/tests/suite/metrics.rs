@@ -235,3 +235,28 @@ async fn the_login_functions_metrics_count_logins_by_outcome() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn metrics_are_written_when_no_log_line_is() {
+    // GIVEN the login function logging errors only (a request's own line is filtered out, and
+    // its metrics would otherwise go out in the same write)
+    let env = TestEnv::new().await;
+    let api = RuntimeApi::start().await;
+    let mut vars = env.function_env().await;
+    vars.retain(|(k, _)| k != "RUST_LOG");
+    vars.push(("RUST_LOG".into(), "error".into()));
+    let f = FunctionProcess::spawn(&e2e::binary_path("login"), &api, &vars);
+    let code = env.sandbox().mint_login_code("quiet");
+    assert_eq!(invoke(&api, &f, login_event(&code)).await.status, 200);
+    assert_eq!(invoke(&api, &f, login_event(&code)).await.status, 401);
+
+    // THEN no request line was written, and both requests' metrics were
+    let docs = settle(&f, 2).await;
+    assert!(!f.output().contains("request served"), "{}", f.output());
+    assert_eq!(
+        total(&docs, "Logins", &[("outcome", "ok")]),
+        1.0,
+        "{docs:#?}"
+    );
+    assert_eq!(total(&docs, "Logins", &[("outcome", "invalid_code")]), 1.0);
+}

@@ -531,7 +531,7 @@ pub async fn run() {
         )
         .await;
         figures(
-            "qrcode: code hit (S3; CODE_CACHE_MEMORY_MB=0)".into(),
+            "qrcode: code hit (S3, no codes kept in memory)".into(),
             (vec![], vec![]),
             w,
             count + 1,
