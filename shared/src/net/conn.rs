@@ -42,7 +42,7 @@ pub(crate) struct Answer {
 }
 
 /// Where calls go, parsed once: the connection's origin and the `Host` header.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Endpoint {
     origin: Origin,
     host: HeaderValue,
