@@ -2,7 +2,7 @@
 //! module per route: its typed request (newtypes that validate, so a bad request never reaches
 //! WeChat), its response, and its handler.
 //!
-//! Each Lambda function serves [`router`] for its own [`Surface`] through `lambda_http::run`; the
+//! Each Lambda function serves [`router`] for its own [`Surface`] through [`crate::lambda::run`]; the
 //! local server serves [`Surface::All`] with `axum::serve`. Every other method or path gets the
 //! contract's answer from [`fallback`]: 405 with `Allow` on a known path, 404 elsewhere. The one
 //! log line per request and the deadline guard are a layer ([`crate::http::layer`]).
