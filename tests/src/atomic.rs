@@ -14,6 +14,9 @@ use wxmp::store::{
 pub struct AtomicDynamo {
     inner: DynamoStore,
     turn: tokio::sync::Mutex<()>,
+    /// While set, session writes fail as a store that cannot be reached would (the other items
+    /// still work): a partial outage.
+    sessions_down: std::sync::atomic::AtomicBool,
 }
 
 impl AtomicDynamo {
@@ -21,13 +24,23 @@ impl AtomicDynamo {
         AtomicDynamo {
             inner,
             turn: tokio::sync::Mutex::new(()),
+            sessions_down: Default::default(),
         }
+    }
+
+    /// Makes session writes fail (`true`) or work again.
+    pub fn set_sessions_down(&self, down: bool) {
+        self.sessions_down
+            .store(down, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
 #[async_trait]
 impl SessionStore for AtomicDynamo {
     async fn put_session(&self, key: &str, record: &SessionRecord) -> Result<(), StoreError> {
+        if self.sessions_down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError("sessions are unreachable (test fault)".into()));
+        }
         self.inner.put_session(key, record).await
     }
     async fn get_session(&self, key: &str, now: u64) -> Result<Option<SessionRecord>, StoreError> {
@@ -47,6 +60,9 @@ impl UserStore for AtomicDynamo {
         now: u64,
     ) -> Result<bool, StoreError> {
         self.inner.record_login(openid, unionid, now).await
+    }
+    async fn undo_first_login(&self, openid: &str, at: u64) -> Result<(), StoreError> {
+        self.inner.undo_first_login(openid, at).await
     }
     async fn get_user(&self, openid: &str) -> Result<Option<wxmp::store::UserRecord>, StoreError> {
         self.inner.get_user(openid).await

@@ -47,13 +47,25 @@ pub async fn login(
         created_at: now,
         expires_at: now + app.config.session_ttl.as_secs(),
     };
-    // The session first: if recording the user then fails, the unused session simply expires,
-    // and the next login still reports the user as new.
-    app.store.put_session(&key_for(&token), &record).await?;
-    let new_user = app
-        .store
-        .record_login(&record.openid, record.unionid.as_deref(), now)
-        .await?;
+    // The session and the user's login are written at once (one store round trip, not two).
+    // If the session is not stored, the login fails: a first login recorded beside it is undone,
+    // so the user's next login still reports them as new. If only the user's write fails, the
+    // unused session simply expires.
+    let key = key_for(&token);
+    let (session, user) = tokio::join!(
+        app.store.put_session(&key, &record),
+        app.store
+            .record_login(&record.openid, record.unionid.as_deref(), now),
+    );
+    if let Err(e) = session {
+        if let Ok(true) = user
+            && let Err(undo) = app.store.undo_first_login(&record.openid, now).await
+        {
+            tracing::error!(error = %undo, "a failed first login could not be undone");
+        }
+        return Err(e.into());
+    }
+    let new_user = user?;
     tracing::info!(new_user, "session opened");
     Ok(Reply(LoginResponse {
         token,

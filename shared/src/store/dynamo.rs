@@ -179,6 +179,21 @@ impl UserStore for DynamoStore {
         Ok(out.pointer("/Attributes/first_seen").is_none())
     }
 
+    async fn undo_first_login(&self, openid: &str, at: u64) -> Result<(), StoreError> {
+        // Refused (and nothing to undo) when the first login on record is another one.
+        self.conditional(
+            "UpdateItem",
+            json!({
+                "Key": { "pk": s(user_pk(openid)) },
+                "UpdateExpression": "REMOVE first_seen",
+                "ConditionExpression": "first_seen = :at",
+                "ExpressionAttributeValues": { ":at": n(at) },
+            }),
+        )
+        .await
+        .map(drop)
+    }
+
     async fn get_user(&self, openid: &str) -> Result<Option<UserRecord>, StoreError> {
         Ok(self
             .get(user_pk(openid))

@@ -86,6 +86,15 @@ impl UserStore for MemoryStore {
         Ok(new)
     }
 
+    async fn undo_first_login(&self, openid: &str, at: u64) -> Result<(), StoreError> {
+        if let Some(u) = self.lock().users.get_mut(openid)
+            && u.first_seen == Some(at)
+        {
+            u.first_seen = None;
+        }
+        Ok(())
+    }
+
     async fn get_user(&self, openid: &str) -> Result<Option<UserRecord>, StoreError> {
         Ok(self.lock().users.get(openid).cloned())
     }

@@ -62,6 +62,10 @@ pub trait UserStore: Send + Sync {
         unionid: Option<&str>,
         now: u64,
     ) -> Result<bool, StoreError>;
+    /// Undoes the first login that [`record_login`](Self::record_login) recorded at `at`, when
+    /// that login could not open its session: the user's next login is their first again. Does
+    /// nothing if the first login on record is not the one at `at`.
+    async fn undo_first_login(&self, openid: &str, at: u64) -> Result<(), StoreError>;
     /// The user's record, if one was ever written.
     async fn get_user(&self, openid: &str) -> Result<Option<UserRecord>, StoreError>;
     /// Binds a phone number to the user at `now`.

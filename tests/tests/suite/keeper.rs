@@ -438,6 +438,9 @@ impl UserStore for TokensDown {
     async fn record_login(&self, o: &str, u: Option<&str>, now: u64) -> Result<bool, StoreError> {
         self.0.record_login(o, u, now).await
     }
+    async fn undo_first_login(&self, openid: &str, at: u64) -> Result<(), StoreError> {
+        self.0.undo_first_login(openid, at).await
+    }
     async fn get_user(&self, openid: &str) -> Result<Option<wxmp::store::UserRecord>, StoreError> {
         self.0.get_user(openid).await
     }

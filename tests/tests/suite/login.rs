@@ -18,7 +18,7 @@ use wechat_sandbox::{Faults, SandboxConfig, ScriptedError};
 use wxmp::App;
 use wxmp::secret::Secret;
 use wxmp::session::key_for;
-use wxmp::store::{DynamoStore, SessionRecord, SessionStore};
+use wxmp::store::{DynamoStore, SessionRecord, SessionStore, UserStore};
 
 type Item = std::collections::HashMap<String, AttributeValue>;
 
@@ -625,6 +625,39 @@ async fn the_table_holds_a_hash_of_the_token_and_the_session_key() {
     // A second login of the same user: same session key from WeChat, still in no response.
     let again = s.login("mallory").await;
     assert_eq!(s.session(&token_of(&again)).await.status, 200);
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_first_login_whose_session_is_not_stored_leaves_the_user_new() {
+    let s = Suite::new().await;
+    let openid = s.sandbox().openid_for("olga");
+    // The session write fails while the user's login, written beside it, goes through.
+    s.env.store.set_sessions_down(true);
+    let r = s.login_with(&s.sandbox().mint_login_code("olga")).await;
+    assert_error(&r, 503, "store_unavailable", None);
+    let user = s.env.store.get_user(&openid).await.expect("user read");
+    assert_eq!(
+        user.as_ref().and_then(|u| u.first_seen),
+        None,
+        "the failed first login is undone: {user:?}"
+    );
+    s.env.store.set_sessions_down(false);
+
+    // The first login that opens a session is the user's first.
+    let first = s.login("olga").await;
+    assert_eq!(first["new_user"], true, "{first}");
+    assert_eq!(s.session(&token_of(&first)).await.status, 200);
+    let user = s.env.store.get_user(&openid).await.expect("user read");
+    assert!(user.and_then(|u| u.first_seen).is_some());
+    assert_eq!(s.login("olga").await["new_user"], false);
+
+    // A known user's failed login changes nothing of what is known.
+    s.env.store.set_sessions_down(true);
+    let r = s.login_with(&s.sandbox().mint_login_code("olga")).await;
+    assert_error(&r, 503, "store_unavailable", None);
+    s.env.store.set_sessions_down(false);
+    assert_eq!(s.login("olga").await["new_user"], false);
     s.finish().await;
 }
 

@@ -182,6 +182,15 @@ async fn sessions(store: Arc<dyn Store>) {
     // First login of a user, then a returning one.
     assert!(store.record_login("o1", None, 1000).await.unwrap());
     assert!(!store.record_login("o1", Some("u1"), 1100).await.unwrap());
+    // Undoing a first login other than the one on record changes nothing.
+    store.undo_first_login("o1", 1100).await.unwrap();
+    assert!(!store.record_login("o1", None, 1200).await.unwrap());
+    // Undoing the one on record makes the next login the first again; undoing for a user never
+    // seen is not an error.
+    assert!(store.record_login("o2", None, 1300).await.unwrap());
+    store.undo_first_login("o2", 1300).await.unwrap();
+    assert!(store.record_login("o2", None, 1400).await.unwrap());
+    store.undo_first_login("o3", 1300).await.unwrap();
 }
 
 async fn claims_and_grants(store: Arc<dyn Store>, concurrent_updates_are_atomic: bool) {

@@ -684,6 +684,9 @@ impl UserStore for CountingStore {
         self.hit("record_login");
         self.inner.record_login(openid, unionid, now).await
     }
+    async fn undo_first_login(&self, openid: &str, at: u64) -> Result<(), StoreError> {
+        self.inner.undo_first_login(openid, at).await
+    }
     async fn get_user(&self, openid: &str) -> Result<Option<wxmp::store::UserRecord>, StoreError> {
         self.inner.get_user(openid).await
     }

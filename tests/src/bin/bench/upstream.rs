@@ -62,6 +62,9 @@ impl UserStore for Metered {
     async fn record_login(&self, o: &str, u: Option<&str>, now: u64) -> Result<bool, StoreError> {
         self.counted(true, self.inner.record_login(o, u, now)).await
     }
+    async fn undo_first_login(&self, openid: &str, at: u64) -> Result<(), StoreError> {
+        self.inner.undo_first_login(openid, at).await
+    }
     async fn get_user(&self, openid: &str) -> Result<Option<wxmp::store::UserRecord>, StoreError> {
         self.inner.get_user(openid).await
     }
