@@ -101,6 +101,8 @@ struct Queued {
     request_id: String,
     event: Value,
     timeout: Duration,
+    /// `lambda-runtime-client-context`, as a mobile SDK's invocation gives it.
+    client_context: Option<String>,
 }
 
 /// What the function posted for one invocation.
@@ -196,6 +198,30 @@ impl RuntimeApi {
     /// Fails at once with [`InvocationError::Init`] if the function has
     /// reported an init error.
     pub async fn invoke_full(&self, event: Value, timeout: Duration) -> Invocation {
+        self.invoke_queued(event, timeout, None).await
+    }
+
+    /// [`RuntimeApi::invoke_full`] with a client context (the JSON that Lambda passes on in
+    /// `lambda-runtime-client-context`, here sent as it is, well-formed or not).
+    pub async fn invoke_with_client_context(
+        &self,
+        event: Value,
+        client_context: &str,
+    ) -> Invocation {
+        self.invoke_queued(
+            event,
+            DEFAULT_INVOKE_TIMEOUT,
+            Some(client_context.to_string()),
+        )
+        .await
+    }
+
+    async fn invoke_queued(
+        &self,
+        event: Value,
+        timeout: Duration,
+        client_context: Option<String>,
+    ) -> Invocation {
         let request_id = new_request_id();
         let (tx, rx) = oneshot::channel();
         if let Some(init) = self.shared.init_error.borrow().clone() {
@@ -209,6 +235,7 @@ impl RuntimeApi {
             request_id: request_id.clone(),
             event,
             timeout,
+            client_context,
         });
         *lock(&self.shared.last_request_id) = Some(request_id.clone());
         self.shared.queued.notify_one();
@@ -346,6 +373,9 @@ async fn next_invocation(State(shared): State<Arc<Shared>>) -> Response {
         FUNCTION_ARN.to_string(),
     );
     set("lambda-runtime-trace-id", trace_id);
+    if let Some(c) = queued.client_context {
+        set("lambda-runtime-client-context", c);
+    }
     set("content-type", "application/json".to_string());
     (StatusCode::OK, headers, queued.event.to_string()).into_response()
 }

@@ -32,10 +32,19 @@ pub async fn run(app: App, surface: Surface) -> Result<(), Error> {
     let mut adapter = Adapter::from(service);
     runtime_api::serve(move |event: bytes::Bytes, context| {
         // Not an API Gateway event: the invocation's error, the router never called.
-        let answer = http_event(&event).map(|request| {
+        let answer = match http_event(&event) {
             // The router never fails (every failure is a JSON answer).
-            adapter.call(LambdaEvent::new(request, context))
-        });
+            Ok(request) => Ok(adapter.call(LambdaEvent::new(request, context))),
+            Err(e) => {
+                tracing::error!(
+                    request_id = context.request_id,
+                    trace_id = context.xray_trace_id,
+                    error = e.error_message,
+                    "event refused"
+                );
+                Err(e)
+            }
+        };
         async move {
             let response = answer?.await.unwrap_or_else(|e| match e {});
             serde_json::to_vec(&response).map_err(|e| diagnostic("Serialization", &e))
@@ -143,18 +152,22 @@ where
         let ms = (crate::clock::now() - started).as_secs_f64() * 1000.0;
         let trace_id = trace_id.as_deref();
         let answer = match result {
-            Ok(outcome) => {
-                let outcome =
-                    serde_json::to_vec(&outcome).map_err(|e| diagnostic("Serialization", &e))?;
-                tracing::info!(
-                    request_id,
-                    trace_id,
-                    outcome = %String::from_utf8_lossy(&outcome),
-                    ms,
-                    "event handled"
-                );
-                Ok(outcome)
-            }
+            Ok(outcome) => match serde_json::to_vec(&outcome) {
+                Ok(outcome) => {
+                    tracing::info!(
+                        request_id,
+                        trace_id,
+                        outcome = %String::from_utf8_lossy(&outcome),
+                        ms,
+                        "event handled"
+                    );
+                    Ok(outcome)
+                }
+                Err(e) => {
+                    tracing::error!(request_id, trace_id, error = %e, ms, "outcome not serialized");
+                    Err(diagnostic("Serialization", &e))
+                }
+            },
             Err(e) => {
                 tracing::error!(request_id, trace_id, error = %e, ms, "event failed");
                 Err(Diagnostic::from(e))

@@ -99,7 +99,8 @@ impl RuntimeApi {
         Ok(answer)
     }
 
-    /// Waits for the next invocation.
+    /// Waits for the next invocation. One whose context cannot be read is failed here (its error
+    /// posted) and the one after it waited for.
     pub async fn next(&self) -> Result<Invocation, Error> {
         loop {
             let answer = self
@@ -124,15 +125,36 @@ impl RuntimeApi {
             if headers.get("lambda-runtime-deadline-ms").is_none() {
                 return Err("the next event has no lambda-runtime-deadline-ms".into());
             }
-            let context = Context::new(request_id, self.config.clone(), headers)?;
-            return Ok(Invocation {
-                answering: Answering {
-                    request_id: context.request_id.clone(),
-                    invocation_id: headers.get(INVOCATION_ID).cloned(),
-                },
-                context,
-                event: answer.body,
-            });
+            let answering = Answering {
+                request_id: request_id.to_string(),
+                invocation_id: headers.get(INVOCATION_ID).cloned(),
+            };
+            match Context::new(request_id, self.config.clone(), headers) {
+                Ok(context) => {
+                    return Ok(Invocation {
+                        answering,
+                        context,
+                        event: answer.body,
+                    });
+                }
+                // A client context or Cognito identity that is not the JSON it should be: that
+                // invocation's error, not the end of the instance. Not serde's message: it
+                // quotes the values it met.
+                Err(_) => {
+                    let error = Diagnostic {
+                        error_type: "InvalidContext".into(),
+                        error_message: "the invocation's client context or Cognito identity is \
+                                        not the JSON Lambda documents"
+                            .into(),
+                    };
+                    tracing::error!(
+                        request_id = answering.request_id,
+                        error = error.error_message,
+                        "invocation refused"
+                    );
+                    self.fail(&answering, &error).await?;
+                }
+            }
         }
     }
 

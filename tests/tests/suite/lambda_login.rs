@@ -257,11 +257,11 @@ async fn an_event_not_from_api_gateway_is_the_invocations_error_and_the_next_is_
     let f = Function::start().await;
     // WHEN the function is invoked with something that is not an API Gateway event (a test
     // invocation from the console with the wrong template, say)
-    let result = f
+    let invocation = f
         .api
         .invoke_full(json!("not an event"), DEFAULT_INVOKE_TIMEOUT)
-        .await
-        .result;
+        .await;
+    let result = invocation.result;
     // THEN the invocation fails as an unhandled function error naming what was wrong, not
     // what was sent
     match &result {
@@ -276,10 +276,72 @@ async fn an_event_not_from_api_gateway_is_the_invocations_error_and_the_next_is_
         }
         other => panic!("{other:?}\n{}", f.process.output()),
     }
+    // AND the function's log says so in one line with the invocation's id, without the event
+    assert!(
+        f.process
+            .wait_for_output("event refused", Duration::from_secs(5))
+            .await
+    );
+    let refused: Vec<Value> = f
+        .process
+        .json_lines()
+        .into_iter()
+        .filter(|l| l["message"] == "event refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{}", f.process.output());
+    assert_eq!(refused[0]["level"], "ERROR", "{}", refused[0]);
+    assert_eq!(refused[0]["request_id"], invocation.request_id.as_str());
+    assert!(!refused[0].to_string().contains("not an event"));
     // AND the same process serves the next invocation
     let code = f.env.sandbox().mint_login_code("after-a-bad-event");
     let a = f.login_with(&code).await;
     assert_eq!(a.response.status, 200, "{}", a.raw);
+}
+
+#[tokio::test]
+async fn an_unreadable_client_context_fails_that_invocation_only() {
+    let f = Function::start().await;
+    // WHEN an invocation comes with a client context that is not the JSON Lambda documents
+    let code = f.env.sandbox().mint_login_code("context");
+    let invocation = f
+        .api
+        .invoke_with_client_context(login_event(&code), r#"{"client": "secret-ish"}"#)
+        .await;
+    // THEN that invocation fails, saying what was wrong but not quoting it
+    match &invocation.result {
+        Err(InvocationError::Function { body, .. }) => {
+            assert_eq!(body["errorType"], "InvalidContext", "{body}");
+            assert!(!body.to_string().contains("secret-ish"), "{body}");
+        }
+        other => panic!("{other:?}\n{}", f.process.output()),
+    }
+    assert!(
+        f.process
+            .wait_for_output("invocation refused", Duration::from_secs(5))
+            .await
+    );
+    assert!(!f.process.output().contains("secret-ish"));
+    // AND the same process serves the next invocation, whose context is well-formed
+    let a = f
+        .api
+        .invoke_with_client_context(
+            login_event(&f.env.sandbox().mint_login_code("context")),
+            &json!({
+                "client": {
+                    "installation_id": "i",
+                    "app_title": "t",
+                    "app_version_name": "1",
+                    "app_version_code": "1",
+                    "app_package_name": "p"
+                },
+                "custom": {},
+                "environment": {}
+            })
+            .to_string(),
+        )
+        .await;
+    let response = V2Response::parse(&a.result.expect("served"));
+    assert_eq!(response.status, 200, "{}", response.text());
 }
 
 #[tokio::test]
