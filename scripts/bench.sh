@@ -16,7 +16,9 @@ start_moto
 # BENCH_PROFILE=profiling measures the same build with symbols; BENCH_PERF=<scenario> (one of
 # login, "login secret", "GET /session", "metrics off", "code miss", "code hit", "code hit s3", push, "python login", echo) records that scenario's
 # warm run with `perf record` into target/perf-<scenario>.data (its CPU figure then includes
-# perf's overhead). BENCH_ONLY=<scenario>[,...] runs only those.
+# perf's overhead). BENCH_ONLY=<scenario>[,...] runs only those. BENCH_STORE_RTT_MS=<ms> adds a
+# network round trip to every AWS call (moto on loopback has none; within a region DynamoDB's
+# calls take a few ms).
 profile="${BENCH_PROFILE:-release}"
 echo "== cargo build --profile $profile (the functions)"
 cargo build --profile "$profile" -p login -p qrcode -p token-refresher -p push

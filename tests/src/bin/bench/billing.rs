@@ -234,6 +234,16 @@ async fn perf_record(pid: u32, what: &str) -> Option<Perf> {
     Some(Perf(child, out))
 }
 
+/// `BENCH_STORE_RTT_MS` (default 0): a round trip's time added to every call the functions make
+/// to AWS (moto), as the network within a region would (DynamoDB's calls take a few ms there).
+fn store_rtt() -> Duration {
+    static RTT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *RTT.get_or_init(|| {
+        let ms = std::env::var("BENCH_STORE_RTT_MS").ok();
+        Duration::from_millis(ms.and_then(|v| v.parse().ok()).unwrap_or(0))
+    })
+}
+
 /// An HTTP/1.1 keep-alive front for `upstream`: each request is passed on as it is (host header
 /// included, so signatures still match) over a connection of the proxy's own.
 async fn keep_alive_proxy(upstream: &str) -> String {
@@ -249,6 +259,10 @@ async fn keep_alive_proxy(upstream: &str) -> String {
         let body: Bytes = axum::body::to_bytes(body, usize::MAX)
             .await
             .unwrap_or_default();
+        // The network between Lambda and AWS's endpoints, which moto on loopback does not have.
+        if !store_rtt().is_zero() {
+            tokio::time::sleep(store_rtt()).await;
+        }
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut headers = parts.headers.clone();
         headers.remove(http::header::CONNECTION);
