@@ -561,6 +561,14 @@ impl FunctionProcess {
             .collect()
     }
 
+    /// The JSON log lines whose `message` is `message`.
+    pub fn log_lines(&self, message: &str) -> Vec<serde_json::Value> {
+        self.json_lines()
+            .into_iter()
+            .filter(|l| l["message"] == message)
+            .collect()
+    }
+
     /// Waits until some output line contains `needle`; false on timeout.
     /// Output is read asynchronously, so use this rather than
     /// [`FunctionProcess::output`] right after an invocation when asserting

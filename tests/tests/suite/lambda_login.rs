@@ -282,12 +282,7 @@ async fn an_event_not_from_api_gateway_is_the_invocations_error_and_the_next_is_
             .wait_for_output("event refused", Duration::from_secs(5))
             .await
     );
-    let refused: Vec<Value> = f
-        .process
-        .json_lines()
-        .into_iter()
-        .filter(|l| l["message"] == "event refused")
-        .collect();
+    let refused = f.process.log_lines("event refused");
     assert_eq!(refused.len(), 1, "{}", f.process.output());
     assert_eq!(refused[0]["level"], "ERROR", "{}", refused[0]);
     assert_eq!(refused[0]["request_id"], invocation.request_id.as_str());

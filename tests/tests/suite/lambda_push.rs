@@ -105,12 +105,7 @@ async fn pushes_through_the_push_binary_reach_the_notify_binary() {
     assert_eq!(env.sandbox().subscribe_messages().len(), 1);
 
     // One line per event, with the Lambda request id and X-Ray's trace id; and the metrics.
-    let handled: Vec<Value> = notify
-        .process
-        .json_lines()
-        .into_iter()
-        .filter(|l| l["message"] == "event handled")
-        .collect();
+    let handled = notify.process.log_lines("event handled");
     assert_eq!(handled.len(), 2, "{}", notify.process.output());
     assert!(handled.iter().all(|l| {
         l["trace_id"]

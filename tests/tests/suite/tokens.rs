@@ -901,11 +901,7 @@ async fn token_refresher_binary_reports_and_logs_one_line_without_the_token() {
         );
         // Both runs' lines are written before their responses are posted.
         let output = function.output();
-        let lines: Vec<Value> = function
-            .json_lines()
-            .into_iter()
-            .filter(|v| v["message"] == "token refresh")
-            .collect();
+        let lines = function.log_lines("token refresh");
         assert_eq!(lines.len(), 2, "one line per run:\n{output}");
         for (line, resp) in lines.iter().zip([&response, &again]) {
             assert_eq!(line["level"], "INFO", "{line}");
