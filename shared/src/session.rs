@@ -66,6 +66,13 @@ impl FromRequestParts<Arc<App>> for Session {
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
         let token = SessionToken::from_headers(&parts.headers)?;
+        Session::of(app, &token).await
+    }
+}
+
+impl Session {
+    /// The session of `token`, if it is open.
+    pub async fn of(app: &App, token: &SessionToken) -> Result<Self, ApiError> {
         app.store
             .get_session(&token.key(), crate::now_secs())
             .await?

@@ -17,7 +17,7 @@ use crate::app::App;
 use crate::codecache::CodeCache;
 use crate::error::ApiError;
 use crate::http::extract::JsonBody;
-use crate::session::Session;
+use crate::session::{Session, SessionToken};
 use crate::token::TokenError;
 use crate::wechat::Image;
 
@@ -166,14 +166,48 @@ impl CodeRequest {
     }
 }
 
-/// `POST /qrcode`.
+/// `POST /qrcode`. The session is looked up while a cached code is read, so that a hit from S3
+/// waits for one round trip instead of two; WeChat is asked only once the session is known. The
+/// answers are those of a session checked first: `unauthenticated` before any complaint about
+/// the body.
 pub async fn qrcode(
     State(app): State<Arc<App>>,
-    _user: Session,
-    JsonBody(req): JsonBody<CodeRequest>,
+    token: SessionToken,
+    body: Result<JsonBody<CodeRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let (image, x_cache) = make_code(&app, &req).await?;
+    let req = body.as_ref().ok().map(|JsonBody(req)| req);
+    let params = req.map(CodeRequest::wechat_body);
+    let cache = req
+        .zip(params.as_ref())
+        .and_then(|(r, p)| cache_for(&app, r, p));
+    let cached = async {
+        match &cache {
+            Some((c, key)) => c.get(key).await,
+            None => None,
+        }
+    };
+    let (session, cached) = tokio::join!(Session::of(&app, &token), cached);
+    session?;
+    let JsonBody(req) = body?;
+    let (image, x_cache) = match cached {
+        Some(hit) => (hit, Some("hit")),
+        None => make_new(&app, req.wechat_body(), cache).await?,
+    };
     Ok(image_response(image, x_cache))
+}
+
+/// The cache and the key of `req`'s code, when the cache is configured and `req` allows it.
+fn cache_for<'a>(
+    app: &'a App,
+    req: &CodeRequest,
+    params: &Value,
+) -> Option<(&'a CodeCache, String)> {
+    app.codes.as_ref().filter(|_| req.cache()).map(|c| {
+        (
+            c,
+            CodeCache::key(&app.config.wechat.appid, &params.to_string()),
+        )
+    })
 }
 
 /// A code for `req`: from the S3 cache when it is configured and `req` allows it (`"hit"`), else
@@ -184,18 +218,21 @@ pub async fn make_code(
     req: &CodeRequest,
 ) -> Result<(Image, Option<&'static str>), ApiError> {
     let params = req.wechat_body();
-    // The cache and its key only when it is in use for this request.
-    let cache = app.codes.as_ref().filter(|_| req.cache()).map(|c| {
-        (
-            c,
-            CodeCache::key(&app.config.wechat.appid, &params.to_string()),
-        )
-    });
+    let cache = cache_for(app, req, &params);
     if let Some((c, key)) = &cache
         && let Some(hit) = c.get(key).await
     {
         return Ok((hit, Some("hit")));
     }
+    make_new(app, params, cache).await
+}
+
+/// A new code from WeChat for `params`, kept in `cache` if there is one.
+async fn make_new(
+    app: &App,
+    params: Value,
+    cache: Option<(&CodeCache, String)>,
+) -> Result<(Image, Option<&'static str>), ApiError> {
     let image = app
         .tokens
         .with_token(|t| {

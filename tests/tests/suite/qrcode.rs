@@ -225,6 +225,57 @@ async fn strangers_cannot_make_codes() {
 }
 
 #[tokio::test]
+async fn strangers_get_no_code_even_one_that_is_cached() {
+    let env = cached_env().await;
+    let alice = env.login("alice").await;
+    let body = json!({"scene": "kept"});
+    assert_eq!(qrcode(&env, &alice, body.clone()).await.status, 200);
+    // Logged out: the session is gone, the code is still kept (in S3 and in this instance).
+    let gone = env.login("bob").await;
+    assert_eq!(
+        env.call("DELETE", "/session", Some(&gone), b"")
+            .await
+            .status,
+        204
+    );
+    let stranger = wxmp::ids::new_session_token();
+    // Another instance, whose code must come from S3 (this one keeps it in memory).
+    let other = env.build_app();
+    for token in [&stranger, &gone] {
+        for app in [&env.app, &other] {
+            let r = e2e::env::call_app(
+                app,
+                "POST",
+                "/qrcode",
+                Some(token),
+                body.to_string().as_bytes(),
+            )
+            .await;
+            assert_eq!(
+                (r.status, r.error_code().as_str()),
+                (401, "unauthenticated"),
+                "{}",
+                String::from_utf8_lossy(&r.body)
+            );
+            // And a bad body is still theirs to hear about only once they are logged in.
+            let r = e2e::env::call_app(app, "POST", "/qrcode", Some(token), b"{").await;
+            assert_eq!(
+                (r.status, r.error_code().as_str()),
+                (401, "unauthenticated")
+            );
+        }
+    }
+    let r = qrcode(&env, &alice, body).await;
+    assert_eq!((r.status, r.header("x-cache")), (200, Some("hit")));
+    let r = env.call("POST", "/qrcode", Some(&alice), b"{").await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "invalid_request")
+    );
+    assert_eq!(code_calls(&env), 1);
+}
+
+#[tokio::test]
 async fn wechats_json_errors_map_to_the_contract_and_are_never_images() {
     let env = TestEnv::new().await;
     let token = env.login("alice").await;
