@@ -189,9 +189,12 @@ pub async fn qrcode(
     let (session, cached) = tokio::join!(Session::of(&app, &token), cached);
     session?;
     let JsonBody(req) = body?;
-    let (image, x_cache) = match cached {
-        Some(hit) => (hit, Some("hit")),
-        None => make_new(&app, req.wechat_body(), cache).await?,
+    let (image, x_cache) = match (cached, params) {
+        (Some(hit), _) => (hit, Some("hit")),
+        (None, params) => {
+            let params = params.unwrap_or_else(|| req.wechat_body());
+            make_new(&app, params, cache).await?
+        }
     };
     Ok(image_response(image, x_cache))
 }
