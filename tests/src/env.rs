@@ -190,8 +190,7 @@ impl TestEnv {
     pub fn build_app_with(&self, overrides: &[(&str, &str)], store: Arc<dyn Store>) -> App {
         let mut pairs = self.config_pairs();
         for (k, v) in overrides {
-            pairs.retain(|(n, _)| n != k);
-            pairs.push((k.to_string(), v.to_string()));
+            set_var(&mut pairs, k, v);
         }
         build_app(&pairs, &self.sdk, self.bucket.as_deref(), store)
     }
@@ -277,6 +276,12 @@ impl TestEnv {
         );
         r.json()["token"].as_str().unwrap().to_string()
     }
+}
+
+/// Sets `name` to `value` in an environment list (as a function's), replacing any value it had.
+pub fn set_var(vars: &mut Vec<(String, String)>, name: &str, value: &str) {
+    vars.retain(|(n, _)| n != name);
+    vars.push((name.to_string(), value.to_string()));
 }
 
 pub async fn call_app(

@@ -80,7 +80,7 @@ macro_rules! delegate_message_store {
         }
     };
 }
-pub use env::{Options, Reply, TestEnv, call_app};
+pub use env::{Options, Reply, TestEnv, call_app, set_var};
 pub use runtime_api::{FunctionProcess, InvocationError, RuntimeApi, binary_path};
 
 /// The whole harness against the real `lambda_http` runtime: this test

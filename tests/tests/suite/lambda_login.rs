@@ -427,8 +427,7 @@ async fn a_store_that_never_answers_gives_503_within_the_timeouts() {
     let env = TestEnv::new().await;
     let blackhole = Blackhole::start().await;
     let mut vars = env.function_env().await;
-    vars.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
-    vars.push(("AWS_ENDPOINT_URL".into(), blackhole.url()));
+    e2e::set_var(&mut vars, "AWS_ENDPOINT_URL", &blackhole.url());
     let f = Function::start_with(env, vars).await;
     let started = Instant::now();
     let a = f.login_with("dave.1").await;

@@ -243,8 +243,7 @@ async fn metrics_are_written_when_no_log_line_is() {
     let env = TestEnv::new().await;
     let api = RuntimeApi::start().await;
     let mut vars = env.function_env().await;
-    vars.retain(|(k, _)| k != "RUST_LOG");
-    vars.push(("RUST_LOG".into(), "error".into()));
+    e2e::set_var(&mut vars, "RUST_LOG", "error");
     let f = FunctionProcess::spawn(&e2e::binary_path("login"), &api, &vars);
     let code = env.sandbox().mint_login_code("quiet");
     assert_eq!(invoke(&api, &f, login_event(&code)).await.status, 200);

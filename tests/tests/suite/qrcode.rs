@@ -583,8 +583,7 @@ async fn an_overrun_of_the_lambda_deadline_names_the_part_that_was_slow() {
     // GIVEN instead a DynamoDB that never answers
     env.sandbox().set_faults(Faults::default());
     let mut fenv = env.function_env().await;
-    fenv.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
-    fenv.push(("AWS_ENDPOINT_URL".into(), hanging_endpoint()));
+    e2e::set_var(&mut fenv, "AWS_ENDPOINT_URL", &hanging_endpoint());
     let api = RuntimeApi::start().await;
     let _f = e2e::FunctionProcess::spawn(&e2e::binary_path("qrcode"), &api, &fenv);
     let started = std::time::Instant::now();
