@@ -11,6 +11,7 @@ use lambda_http::RequestExt;
 
 use crate::clock::{self, Instant};
 use crate::error::{ApiError, Logged};
+use crate::lambda::apigw::Unreadable;
 use crate::scope;
 
 /// Time kept back before Lambda's deadline to send the error answer.
@@ -68,6 +69,10 @@ pub async fn request(req: Request, next: Next) -> Response {
     let id = request_id.clone();
     let resp = scope::run_request(request_id.clone(), by, async move {
         let request_id = id;
+        // Nothing to route: the event's path or body could not be read.
+        if let Some(unreadable) = req.extensions().get::<Unreadable>() {
+            return ApiError::InvalidRequest(unreadable.0.to_string()).into_response();
+        }
         let handled = next.run(req);
         match by {
             None => handled.await,

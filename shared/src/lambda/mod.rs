@@ -1,24 +1,21 @@
-//! The Lambda adapter: `lambda_http` serves the function's [`crate::routes::router`]. API Gateway
-//! HTTP API (payload 2.0) events in; JSON leaves as text, images base64 with `isBase64Encoded`
-//! (`lambda_http` decides by content type). The router never fails: every failure is already a
-//! JSON response, including running out of time (answered just before Lambda's deadline).
+//! The Lambda adapter: API Gateway HTTP API (payload 2.0) events in, made into requests for the
+//! function's [`crate::routes::router`] and its answers written back ([`apigw`]): JSON leaves as
+//! text, images base64 with `isBase64Encoded` (decided by content type). The router never fails:
+//! every failure is already a JSON response, including running out of time (answered just before
+//! Lambda's deadline).
 //!
-//! The loop that asks Lambda for events and posts the answers is our own ([`runtime_api`]);
-//! `lambda_http`'s conversions are used on either side of the router.
-//!
-//! One thing `lambda_http` does not do: a named stage stays in the request path (`/prod/login`;
-//! `AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH` only stops it adding one), so it is taken off here
-//! before routing.
+//! The loop that asks Lambda for events and posts the answers is our own ([`runtime_api`]), and so
+//! are the conversions on either side of the router ([`apigw`]); `lambda_http`'s context type is
+//! kept, as the request's extension.
 
+pub mod apigw;
 pub mod runtime_api;
 
 use std::sync::Arc;
 
-use lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequest;
-use lambda_http::lambda_runtime::{Diagnostic, LambdaEvent};
-use lambda_http::request::{LambdaRequest, RequestContext};
-use lambda_http::{Adapter, Error, Request, RequestExt};
-use tower::{Service, ServiceBuilder};
+use lambda_http::Error;
+use lambda_http::lambda_runtime::Diagnostic;
+use tower::Service;
 
 use crate::app::App;
 use crate::routes::{Surface, router};
@@ -26,41 +23,33 @@ use crate::routes::{Surface, router};
 /// Runs the function until Lambda stops it.
 pub async fn run(app: App, surface: Surface) -> Result<(), Error> {
     crate::metrics::init(surface.function_name());
-    let service = ServiceBuilder::new()
-        .map_request(strip_stage)
-        .service(router(Arc::new(app), surface));
-    let mut adapter = Adapter::from(service);
+    let mut router = router(Arc::new(app), surface);
     runtime_api::serve(move |event: bytes::Bytes, context| {
-        // Not an API Gateway event: the invocation's error, the router never called.
-        let answer = match http_event(&event) {
-            // The router never fails (every failure is a JSON answer).
-            Ok(request) => Ok(adapter.call(LambdaEvent::new(request, context))),
+        let answer = match apigw::request(&event) {
+            Ok(mut request) => {
+                request.extensions_mut().insert(context);
+                // The router is always ready and never fails (every failure is a JSON answer).
+                Ok(router.call(request))
+            }
+            // Not an API Gateway event: the invocation's error, the router never called.
             Err(e) => {
                 tracing::error!(
                     request_id = context.request_id,
                     trace_id = context.xray_trace_id,
-                    error = e.error_message,
+                    error = e.0,
                     "event refused"
                 );
-                Err(e)
+                Err(diagnostic("InvalidEvent", &e.0))
             }
         };
         async move {
             let response = answer?.await.unwrap_or_else(|e| match e {});
-            serde_json::to_vec(&response).map_err(|e| diagnostic("Serialization", &e))
+            apigw::response(response)
+                .await
+                .map_err(|e| diagnostic("Serialization", &e))
         }
     })
     .await
-}
-
-/// An API Gateway HTTP API (payload 2.0) event, parsed once: `lambda_http`'s own
-/// `LambdaRequest` parse reads the event twice (a raw copy, then the event type).
-fn http_event(event: &[u8]) -> Result<LambdaRequest, Diagnostic> {
-    match serde_json::from_slice::<ApiGatewayV2httpRequest>(event) {
-        Ok(request) => Ok(LambdaRequest::ApiGatewayV2(request)),
-        // Again, to say where it did not fit.
-        Err(_) => parse::<ApiGatewayV2httpRequest>(event).map(LambdaRequest::ApiGatewayV2),
-    }
 }
 
 /// The event as `T`, or the invocation's error naming where it did not fit (never its content).
@@ -87,34 +76,6 @@ fn diagnostic(error_type: &str, message: &dyn std::fmt::Display) -> Diagnostic {
         error_type: error_type.to_string(),
         error_message: message.to_string(),
     }
-}
-
-/// `/prod/login` → `/login` when the request came through the stage `prod`.
-pub fn strip_stage(mut req: Request) -> Request {
-    let stage = match req.request_context_ref() {
-        Some(RequestContext::ApiGatewayV2(ctx)) => ctx.stage.clone(),
-        _ => None,
-    };
-    let Some(stage) = stage.filter(|s| s != "$default") else {
-        return req;
-    };
-    let prefix = format!("/{stage}");
-    let path = req.uri().path();
-    let Some(rest) = path
-        .strip_prefix(&prefix)
-        .filter(|r| r.is_empty() || r.starts_with('/'))
-    else {
-        return req;
-    };
-    let rest = if rest.is_empty() { "/" } else { rest };
-    let uri = match req.uri().query() {
-        Some(q) => format!("{rest}?{q}"),
-        None => rest.to_string(),
-    };
-    if let Ok(uri) = uri.parse() {
-        *req.uri_mut() = uri;
-    }
-    req
 }
 
 /// Runs an event function (EventBridge's targets: the refresher, notify) until Lambda stops it:

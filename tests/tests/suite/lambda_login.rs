@@ -253,6 +253,30 @@ async fn bodies_without_content_type_or_in_base64_are_read() {
 }
 
 #[tokio::test]
+async fn a_body_marked_base64_that_is_not_is_a_400_and_the_next_is_served() {
+    let f = Function::start().await;
+    // WHEN an event says its body is base64 but it is not (lambda_http's conversion panicked on
+    // this, and with panic = abort the instance died)
+    let mut event = v2_event(
+        "POST",
+        "/login",
+        &[("content-type", "application/json")],
+        Some(br#"{"code":"x"}"#),
+        true,
+    );
+    event["body"] = json!("{not base64!}");
+    let a = f.invoke(event).await;
+    // THEN the route answers the contract's 400, with the request id, and logs it
+    let message = a.assert_error(400, "invalid_request");
+    assert!(message.contains("base64"), "{message}");
+    f.wait_for_log_of(&a.request_id).await;
+    // AND the same process serves the next invocation
+    let code = f.env.sandbox().mint_login_code("after-bad-base64");
+    let a = f.login_with(&code).await;
+    assert_eq!(a.response.status, 200, "{}", a.raw);
+}
+
+#[tokio::test]
 async fn an_event_not_from_api_gateway_is_the_invocations_error_and_the_next_is_served() {
     let f = Function::start().await;
     // WHEN the function is invoked with something that is not an API Gateway event (a test

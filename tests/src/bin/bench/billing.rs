@@ -155,8 +155,52 @@ async fn cold(
             .await
             .unwrap_or_else(|e| panic!("{what} starts: {e}\n{}", f.output()));
         init.push(polled - spawned);
+        if std::env::var_os("BENCH_DIAG").is_some() {
+            let pid = f.pid().unwrap();
+            let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let x: Vec<String> = s
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            eprintln!(
+                "DIAG at poll: minflt,cpu_us {:?}",
+                (&x[7], cpu_ns(pid) / 1000)
+            );
+        }
         invoke_ok(&api, event(i), what, &f).await;
         first.push(spawned.elapsed());
+        if std::env::var_os("BENCH_DIAG").is_some() {
+            let pid = f.pid().unwrap();
+            let stat = || {
+                let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+                let f: Vec<String> = s
+                    .rsplit(')')
+                    .next()
+                    .unwrap()
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect();
+                (f[7].parse::<u64>().unwrap(), cpu_ns(pid) / 1000)
+            };
+            eprintln!("DIAG after first: minflt,cpu_us {:?}", stat());
+            let t = Instant::now();
+            invoke_ok(&api, event(i + 1000), what, &f).await;
+            let second = t.elapsed();
+            eprintln!("DIAG after second: minflt,cpu_us {:?}", stat());
+            let t = Instant::now();
+            invoke_ok(&api, event(i + 2000), what, &f).await;
+            eprintln!("DIAG out {}", f.output());
+            eprintln!(
+                "DIAG {what}: init {:?} first-req {:?} second {:?} third {:?}",
+                polled - spawned,
+                first.last().unwrap().saturating_sub(polled - spawned),
+                second,
+                t.elapsed()
+            );
+        }
         f.kill().await;
     }
     init.sort();
