@@ -24,6 +24,9 @@ pub struct App {
     pub push: Option<PushKeys>,
     /// Where pushes and subscribe-message results go (EventBridge; the local server's own bus).
     pub events: Option<Arc<dyn EventSink>>,
+    /// The store's DynamoDB client when the store is DynamoDB (for connecting ahead of the first
+    /// request: [`crate::lambda`]).
+    pub dynamodb: Option<crate::aws::DynamoDb>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +58,7 @@ impl App {
             codes: None,
             push,
             events: None,
+            dynamodb: None,
         }
     }
 
@@ -128,7 +132,8 @@ impl App {
             }
             None => None,
         };
-        let store = DynamoStore::new(crate::aws::dynamodb(sdk), table);
+        let dynamodb = crate::aws::dynamodb(sdk);
+        let store = DynamoStore::new(dynamodb.clone(), table);
         let codes = config
             .code_bucket
             .as_ref()
@@ -142,6 +147,7 @@ impl App {
         if let Some(source) = source {
             app = app.with_secret_source(source);
         }
+        app.dynamodb = Some(dynamodb);
         Ok(app)
     }
 

@@ -24,6 +24,11 @@ pub struct CodeCache {
 }
 
 impl CodeCache {
+    /// Opens a connection to the bucket's endpoint ahead of the first call (a cold start's).
+    pub fn open_ahead(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.client.open_ahead(&self.bucket)
+    }
+
     /// Without codes kept in memory ([`CodeCache::keeping`] adds them).
     pub fn new(client: S3, bucket: impl Into<String>) -> Self {
         CodeCache {

@@ -19,6 +19,11 @@ impl DynamoDb {
         ))
     }
 
+    /// Opens a connection to DynamoDB ahead of the first call (a cold start's).
+    pub fn open_ahead(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.0.open_ahead()
+    }
+
     /// Calls `operation` (`GetItem`, `PutItem`, ...) with its request document; the answer's
     /// document. A refused condition is the error `ConditionalCheckFailedException` (with the
     /// old item when the request asked for it).

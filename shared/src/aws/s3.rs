@@ -17,6 +17,19 @@ impl S3 {
         S3 { signed }
     }
 
+    /// Opens a connection to `bucket`'s endpoint ahead of the first call (a cold start's).
+    pub fn open_ahead(
+        &self,
+        bucket: &str,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let ahead = self.url(bucket, "").ok().map(|u| self.signed.open_ahead(u));
+        async move {
+            if let Some(ahead) = ahead {
+                ahead.await
+            }
+        }
+    }
+
     /// Path style on a custom endpoint (and for bucket names with dots, which a virtual host's
     /// certificate does not cover); virtual-hosted otherwise, as AWS recommends.
     fn url(&self, bucket: &str, key: &str) -> Result<reqwest::Url, AwsError> {

@@ -192,6 +192,16 @@ impl Signed {
         self.inner.service
     }
 
+    /// Opens a connection to `url`'s origin ahead of the first call (see
+    /// [`Connections::open_ahead`]).
+    pub fn open_ahead(
+        &self,
+        url: reqwest::Url,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let inner = self.inner.clone();
+        async move { inner.connections.open_ahead(&url).await }
+    }
+
     /// The custom endpoint, if one is configured (no trailing `/`).
     pub fn endpoint(&self) -> Option<&str> {
         self.inner.endpoint.as_deref()
@@ -360,6 +370,20 @@ impl JsonService {
             url,
             content_type,
             target,
+        }
+    }
+
+    /// Opens a connection to the endpoint ahead of the first call.
+    pub fn open_ahead(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let ahead = self
+            .url
+            .as_ref()
+            .ok()
+            .map(|u| self.signed.open_ahead(u.clone()));
+        async move {
+            if let Some(ahead) = ahead {
+                ahead.await
+            }
         }
     }
 

@@ -23,6 +23,7 @@ use crate::routes::{Surface, router};
 /// Runs the function until Lambda stops it.
 pub async fn run(app: App, surface: Surface) -> Result<(), Error> {
     crate::metrics::init(surface.function_name());
+    connect_ahead(&app, surface);
     let mut router = router(Arc::new(app), surface);
     runtime_api::serve(move |event: bytes::Bytes, context| {
         let answer = match apigw::request(&event) {
@@ -50,6 +51,24 @@ pub async fn run(app: App, surface: Surface) -> Result<(), Error> {
         }
     })
     .await
+}
+
+/// Opens, in the background, the connections a cold start's first request will want, so that
+/// their name lookups and TCP and TLS handshakes happen while the runtime API is asked for it, and
+/// for a login while WeChat is: DynamoDB always; WeChat for logins and codes; the code bucket for
+/// codes. What a first request does not use stays open, unused, until its idle limit.
+fn connect_ahead(app: &App, surface: Surface) {
+    if let Some(db) = &app.dynamodb {
+        tokio::spawn(db.open_ahead());
+    }
+    if matches!(surface, Surface::Sessions | Surface::Codes | Surface::All) {
+        tokio::spawn(app.wechat.open_ahead());
+    }
+    if matches!(surface, Surface::Codes | Surface::All)
+        && let Some(codes) = &app.codes
+    {
+        tokio::spawn(codes.open_ahead());
+    }
 }
 
 /// The event as `T`, or the invocation's error naming where it did not fit (never its content).

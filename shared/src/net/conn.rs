@@ -71,6 +71,10 @@ type Idle = (Origin, std::time::Instant, SendRequest<Full<Bytes>>);
 /// Connections kept for reuse, per origin.
 pub(crate) struct Connections {
     idle: Mutex<Vec<Idle>>,
+    /// Connections being opened ahead of the first call ([`Connections::open_ahead`]), per
+    /// origin: a call that finds none idle waits for one of these before opening its own. The
+    /// receiver wakes when the opening ends, either way.
+    opening: Mutex<Vec<(Origin, tokio::sync::watch::Receiver<()>)>>,
     /// Kept no longer than this unused: a connection idle for minutes may have been dropped on
     /// the way without either end being told (a NAT's timeout), and a request written into it
     /// would wait for its timeout. reqwest's pool used the same limit.
@@ -89,10 +93,52 @@ impl Connections {
     pub fn new(tls: rustls::ClientConfig, connect_timeout: Duration) -> Self {
         Connections {
             idle: Mutex::new(Vec::new()),
+            opening: Mutex::new(Vec::new()),
             idle_limit: IDLE_LIMIT,
             tls: Arc::new(tls),
             connect_timeout,
         }
+    }
+
+    /// Opens a connection to `url`'s origin now and keeps it for the first call there, unless one
+    /// is kept or being opened already. A cold start does this for the calls its first request
+    /// will make, while it waits for that request: the name lookup and the TCP and TLS handshakes
+    /// are then behind it (for a login, a DynamoDB connection is ready by the time WeChat has
+    /// answered). A failure is only logged (at debug): the call opens its own.
+    pub async fn open_ahead(&self, url: &reqwest::Url) {
+        let Ok(endpoint) = Endpoint::of(url) else {
+            return;
+        };
+        let origin = endpoint.origin;
+        let (done, waiting) = tokio::sync::watch::channel(());
+        {
+            let idle = self.idle.lock().expect("not poisoned");
+            let mut opening = self.opening.lock().expect("not poisoned");
+            if idle.iter().any(|(o, _, _)| *o == origin)
+                || opening.iter().any(|(o, _)| *o == origin)
+            {
+                return;
+            }
+            opening.push((origin.clone(), waiting));
+        }
+        match Box::pin(self.connect(&origin)).await {
+            Ok(sender) => self.give_back(origin.clone(), sender),
+            Err(e) => tracing::debug!(error = %e.message, "a connection opened ahead failed"),
+        }
+        self.opening
+            .lock()
+            .expect("not poisoned")
+            .retain(|(o, _)| *o != origin);
+        drop(done);
+    }
+
+    /// The end of a connection being opened ahead to `origin`, if one is.
+    fn opened_ahead(&self, origin: &Origin) -> Option<tokio::sync::watch::Receiver<()>> {
+        let opening = self.opening.lock().expect("not poisoned");
+        opening
+            .iter()
+            .find(|(o, _)| o == origin)
+            .map(|(_, w)| w.clone())
     }
 
     /// Sends one request and reads its whole answer, within `timeout`. `headers` are sent as
@@ -181,10 +227,17 @@ impl Connections {
         // A kept connection the server has since closed fails before the request leaves: then
         // once more on a new one, at once (the caller's retries are for the service's failures).
         let mut fresh = false;
+        let mut waited = false;
         loop {
             let mut sender = match self.take(origin) {
                 Some(s) => s,
                 None => {
+                    if !waited && let Some(mut opened) = self.opened_ahead(origin) {
+                        waited = true;
+                        // Ends (an error: the sender is dropped) when the opening does.
+                        let _ = opened.changed().await;
+                        continue;
+                    }
                     fresh = true;
                     // Boxed: a TLS handshake's state is large, and a call's future is part of
                     // every caller's (a debug build's test thread overflowed its stack).
@@ -489,6 +542,44 @@ mod tests {
         let answer = get(&connections(), &format!("{url}/")).await.unwrap();
         // Connected, and the Host header keeps the brackets.
         assert_eq!(answer, format!("GET / HTTP/1.1 @ [::1]:{port} length -"));
+    }
+
+    #[tokio::test]
+    async fn a_connection_opened_ahead_serves_the_first_call() {
+        let (url, opened) = server(Close::Never).await;
+        let c = Arc::new(connections());
+        let u = reqwest::Url::parse(&format!("{url}/")).unwrap();
+        // Opened in the background while the first call is made: the call waits for it rather
+        // than open a second one.
+        let ahead = tokio::spawn({
+            let (c, u) = (c.clone(), u.clone());
+            async move { c.open_ahead(&u).await }
+        });
+        tokio::task::yield_now().await;
+        get(&c, &format!("{url}/first")).await.unwrap();
+        ahead.await.unwrap();
+        assert_eq!(opened.load(Ordering::SeqCst), 1);
+        // Already open: nothing more.
+        c.open_ahead(&u).await;
+        get(&c, &format!("{url}/second")).await.unwrap();
+        assert_eq!(opened.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_opening_ahead_leaves_the_call_its_own() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let c = connections();
+        let u = reqwest::Url::parse(&format!("http://{addr}/")).unwrap();
+        c.open_ahead(&u).await;
+        assert!(c.opening.lock().unwrap().is_empty());
+        assert!(c.idle.lock().unwrap().is_empty());
+        // The server comes up: the call connects by itself.
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let (url, opened) = server_on(listener, Close::Never);
+        get(&c, &format!("{url}/x")).await.unwrap();
+        assert_eq!(opened.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -92,6 +92,16 @@ impl WeChatClient {
         }
     }
 
+    /// Opens a connection to WeChat's API ahead of the first call (a cold start's).
+    pub fn open_ahead(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (http, base) = (self.http.clone(), reqwest::Url::parse(&self.base).ok());
+        async move {
+            if let Some(base) = base {
+                http.open_ahead(&base).await
+            }
+        }
+    }
+
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self

@@ -528,3 +528,32 @@ async fn missing_table_name_fails_init_naming_it() {
         other => panic!("a function without TABLE_NAME served {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_cold_start_connects_to_dynamodb_and_wechat_before_its_first_event() {
+    let env = TestEnv::new().await;
+    let mut vars = env.function_env().await;
+    // DynamoDB and WeChat are listeners that only count connections.
+    let dynamodb = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let wechat = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = |l: &tokio::net::TcpListener| format!("http://{}", l.local_addr().unwrap());
+    e2e::set_var(&mut vars, "AWS_ENDPOINT_URL_DYNAMODB", &url(&dynamodb));
+    e2e::set_var(&mut vars, "WECHAT_API_BASE", &url(&wechat));
+    // WHEN the function starts and asks for its first event, and none comes
+    let f = Function::start_with(env, vars).await;
+    f.api
+        .wait_for_next_poll(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.process.output()));
+    // THEN it has connected to both already, once each
+    for (name, listener) in [("DynamoDB", &dynamodb), ("WeChat", &wechat)] {
+        let accepted = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await;
+        assert!(
+            accepted.is_ok(),
+            "no connection to {name}\n{}",
+            f.process.output()
+        );
+        let again = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+        assert!(again.is_err(), "a second connection to {name}");
+    }
+}
