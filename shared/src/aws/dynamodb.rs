@@ -19,9 +19,13 @@ impl DynamoDb {
         ))
     }
 
-    /// Opens a connection to DynamoDB ahead of the first call (a cold start's).
-    pub fn open_ahead(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        self.0.open_ahead()
+    /// Opens a connection to DynamoDB ahead of the first call (a cold start's), unless `want`
+    /// are open or being opened.
+    pub fn open_ahead(
+        &self,
+        want: usize,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.0.open_ahead(want)
     }
 
     /// Calls `operation` (`GetItem`, `PutItem`, ...) with its request document; the answer's

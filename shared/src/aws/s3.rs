@@ -22,7 +22,10 @@ impl S3 {
         &self,
         bucket: &str,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let ahead = self.url(bucket, "").ok().map(|u| self.signed.open_ahead(u));
+        let ahead = self
+            .url(bucket, "")
+            .ok()
+            .map(|u| self.signed.open_ahead(u, 1));
         async move {
             if let Some(ahead) = ahead {
                 ahead.await

@@ -192,14 +192,15 @@ impl Signed {
         self.inner.service
     }
 
-    /// Opens a connection to `url`'s origin ahead of the first call (see
-    /// [`Connections::open_ahead`]).
+    /// Opens a connection to `url`'s origin ahead of the first call, unless `want` are open or
+    /// being opened (see [`Connections::open_ahead`]).
     pub fn open_ahead(
         &self,
         url: reqwest::Url,
+        want: usize,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let inner = self.inner.clone();
-        async move { inner.connections.open_ahead(&url).await }
+        async move { inner.connections.open_ahead(&url, want).await }
     }
 
     /// The custom endpoint, if one is configured (no trailing `/`).
@@ -373,13 +374,17 @@ impl JsonService {
         }
     }
 
-    /// Opens a connection to the endpoint ahead of the first call.
-    pub fn open_ahead(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    /// Opens a connection to the endpoint ahead of the first call, unless `want` are open or
+    /// being opened.
+    pub fn open_ahead(
+        &self,
+        want: usize,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let ahead = self
             .url
             .as_ref()
             .ok()
-            .map(|u| self.signed.open_ahead(u.clone()));
+            .map(|u| self.signed.open_ahead(u.clone(), want));
         async move {
             if let Some(ahead) = ahead {
                 ahead.await

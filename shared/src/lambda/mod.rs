@@ -55,11 +55,19 @@ pub async fn run(app: App, surface: Surface) -> Result<(), Error> {
 
 /// Opens, in the background, the connections a cold start's first request will want, so that
 /// their name lookups and TCP and TLS handshakes happen while the runtime API is asked for it, and
-/// for a login while WeChat is: DynamoDB always; WeChat for logins and codes; the code bucket for
-/// codes. What a first request does not use stays open, unused, until its idle limit.
+/// for a login while WeChat is: DynamoDB always (two for a login, which writes the session and the
+/// user record side by side); WeChat for logins and codes; the code bucket for codes. What a first
+/// request does not use stays open, unused, until its idle limit.
 fn connect_ahead(app: &App, surface: Surface) {
     if let Some(db) = &app.dynamodb {
-        tokio::spawn(db.open_ahead());
+        let want = if matches!(surface, Surface::Sessions) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..want {
+            tokio::spawn(db.open_ahead(want));
+        }
     }
     if matches!(surface, Surface::Sessions | Surface::Codes | Surface::All) {
         tokio::spawn(app.wechat.open_ahead());

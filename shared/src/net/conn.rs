@@ -100,12 +100,13 @@ impl Connections {
         }
     }
 
-    /// Opens a connection to `url`'s origin now and keeps it for the first call there, unless one
-    /// is kept or being opened already. A cold start does this for the calls its first request
-    /// will make, while it waits for that request: the name lookup and the TCP and TLS handshakes
-    /// are then behind it (for a login, a DynamoDB connection is ready by the time WeChat has
-    /// answered). A failure is only logged (at debug): the call opens its own.
-    pub async fn open_ahead(&self, url: &reqwest::Url) {
+    /// Opens a connection to `url`'s origin now and keeps it for a first call there, unless
+    /// `want` are kept or being opened already (a request that makes two calls there side by side
+    /// wants two). A cold start does this for the calls its first request will make, while it
+    /// waits for that request: the name lookup and the TCP and TLS handshakes are then behind it
+    /// (for a login, its DynamoDB connections are ready by the time WeChat has answered). A
+    /// failure is only logged (at debug): the call opens its own.
+    pub async fn open_ahead(&self, url: &reqwest::Url, want: usize) {
         let Ok(endpoint) = Endpoint::of(url) else {
             return;
         };
@@ -114,12 +115,12 @@ impl Connections {
         {
             let idle = self.idle.lock().expect("not poisoned");
             let mut opening = self.opening.lock().expect("not poisoned");
-            if idle.iter().any(|(o, _, _)| *o == origin)
-                || opening.iter().any(|(o, _)| *o == origin)
-            {
+            let have = idle.iter().filter(|(o, _, _)| *o == origin).count()
+                + opening.iter().filter(|(o, _)| *o == origin).count();
+            if have >= want {
                 return;
             }
-            opening.push((origin.clone(), waiting));
+            opening.push((origin.clone(), waiting.clone()));
         }
         match Box::pin(self.connect(&origin)).await {
             Ok(sender) => self.give_back(origin.clone(), sender),
@@ -128,7 +129,7 @@ impl Connections {
         self.opening
             .lock()
             .expect("not poisoned")
-            .retain(|(o, _)| *o != origin);
+            .retain(|(_, w)| !w.same_channel(&waiting));
         drop(done);
     }
 
@@ -227,13 +228,13 @@ impl Connections {
         // A kept connection the server has since closed fails before the request leaves: then
         // once more on a new one, at once (the caller's retries are for the service's failures).
         let mut fresh = false;
-        let mut waited = false;
         loop {
             let mut sender = match self.take(origin) {
                 Some(s) => s,
                 None => {
-                    if !waited && let Some(mut opened) = self.opened_ahead(origin) {
-                        waited = true;
+                    // One being opened ahead: wait for it (it ends, one way or the other, within
+                    // the connect timeout), then look again.
+                    if let Some(mut opened) = self.opened_ahead(origin) {
                         // Ends (an error: the sender is dropped) when the opening does.
                         let _ = opened.changed().await;
                         continue;
@@ -553,16 +554,43 @@ mod tests {
         // than open a second one.
         let ahead = tokio::spawn({
             let (c, u) = (c.clone(), u.clone());
-            async move { c.open_ahead(&u).await }
+            async move { c.open_ahead(&u, 1).await }
         });
         tokio::task::yield_now().await;
         get(&c, &format!("{url}/first")).await.unwrap();
         ahead.await.unwrap();
         assert_eq!(opened.load(Ordering::SeqCst), 1);
         // Already open: nothing more.
-        c.open_ahead(&u).await;
+        c.open_ahead(&u, 1).await;
         get(&c, &format!("{url}/second")).await.unwrap();
         assert_eq!(opened.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn two_connections_opened_ahead_serve_two_calls_side_by_side() {
+        let (url, opened) = server(Close::Never).await;
+        let c = Arc::new(connections());
+        let u = reqwest::Url::parse(&format!("{url}/")).unwrap();
+        let ahead: Vec<_> = (0..3)
+            .map(|_| {
+                let (c, u) = (c.clone(), u.clone());
+                tokio::spawn(async move { c.open_ahead(&u, 2).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let (ua, ub) = (format!("{url}/a"), format!("{url}/b"));
+        let (a, b) = tokio::join!(get(&c, &ua), get(&c, &ub));
+        a.unwrap();
+        b.unwrap();
+        for a in ahead {
+            a.await.unwrap();
+        }
+        assert_eq!(
+            opened.load(Ordering::SeqCst),
+            2,
+            "two wanted, two opened, both used"
+        );
+        assert_eq!(c.idle.lock().unwrap().len(), 2);
     }
 
     #[tokio::test]
@@ -572,7 +600,7 @@ mod tests {
         drop(listener);
         let c = connections();
         let u = reqwest::Url::parse(&format!("http://{addr}/")).unwrap();
-        c.open_ahead(&u).await;
+        c.open_ahead(&u, 1).await;
         assert!(c.opening.lock().unwrap().is_empty());
         assert!(c.idle.lock().unwrap().is_empty());
         // The server comes up: the call connects by itself.

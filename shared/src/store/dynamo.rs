@@ -32,11 +32,6 @@ impl DynamoStore {
         }
     }
 
-    /// Opens a connection to DynamoDB ahead of the first call (a cold start's).
-    pub fn open_ahead(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        self.client.open_ahead()
-    }
-
     async fn call(&self, operation: &str, mut request: Value) -> Result<Value, AwsError> {
         request["TableName"] = json!(self.table);
         crate::scope::waiting_on(

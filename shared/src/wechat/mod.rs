@@ -97,7 +97,7 @@ impl WeChatClient {
         let (http, base) = (self.http.clone(), reqwest::Url::parse(&self.base).ok());
         async move {
             if let Some(base) = base {
-                http.open_ahead(&base).await
+                http.open_ahead(&base, 1).await
             }
         }
     }

@@ -155,52 +155,8 @@ async fn cold(
             .await
             .unwrap_or_else(|e| panic!("{what} starts: {e}\n{}", f.output()));
         init.push(polled - spawned);
-        if std::env::var_os("BENCH_DIAG").is_some() {
-            let pid = f.pid().unwrap();
-            let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-            let x: Vec<String> = s
-                .rsplit(')')
-                .next()
-                .unwrap()
-                .split_whitespace()
-                .map(str::to_string)
-                .collect();
-            eprintln!(
-                "DIAG at poll: minflt,cpu_us {:?}",
-                (&x[7], cpu_ns(pid) / 1000)
-            );
-        }
         invoke_ok(&api, event(i), what, &f).await;
         first.push(spawned.elapsed());
-        if std::env::var_os("BENCH_DIAG").is_some() {
-            let pid = f.pid().unwrap();
-            let stat = || {
-                let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-                let f: Vec<String> = s
-                    .rsplit(')')
-                    .next()
-                    .unwrap()
-                    .split_whitespace()
-                    .map(str::to_string)
-                    .collect();
-                (f[7].parse::<u64>().unwrap(), cpu_ns(pid) / 1000)
-            };
-            eprintln!("DIAG after first: minflt,cpu_us {:?}", stat());
-            let t = Instant::now();
-            invoke_ok(&api, event(i + 1000), what, &f).await;
-            let second = t.elapsed();
-            eprintln!("DIAG after second: minflt,cpu_us {:?}", stat());
-            let t = Instant::now();
-            invoke_ok(&api, event(i + 2000), what, &f).await;
-            eprintln!("DIAG out {}", f.output());
-            eprintln!(
-                "DIAG {what}: init {:?} first-req {:?} second {:?} third {:?}",
-                polled - spawned,
-                first.last().unwrap().saturating_sub(polled - spawned),
-                second,
-                t.elapsed()
-            );
-        }
         f.kill().await;
     }
     init.sort();
@@ -340,8 +296,84 @@ async fn keep_alive_proxy(upstream: &str) -> String {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("proxy") });
+    tokio::spawn(async move {
+        axum::serve(Handshaking(listener), app)
+            .await
+            .expect("proxy")
+    });
     format!("http://{addr}")
+}
+
+/// The proxy's listener: with `BENCH_STORE_RTT_MS`, a new connection is read from only two
+/// round trips after it was accepted, as a TCP and a TLS 1.3 handshake with AWS's endpoints take
+/// before the first request can go (moto on loopback is plain HTTP): a request on a connection
+/// opened ahead of it does not wait for them, one on a connection opened for it does.
+struct Handshaking(tokio::net::TcpListener);
+
+impl axum::serve::Listener for Handshaking {
+    type Io = Handshake;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            if let Ok((tcp, addr)) = self.0.accept().await {
+                let _ = tcp.set_nodelay(true);
+                let ready = tokio::time::Instant::now() + store_rtt() * 2;
+                return (
+                    Handshake {
+                        tcp,
+                        ready: Box::pin(tokio::time::sleep_until(ready)),
+                    },
+                    addr,
+                );
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// A connection not readable before its handshakes are done.
+struct Handshake {
+    tcp: tokio::net::TcpStream,
+    ready: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl tokio::io::AsyncRead for Handshake {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.ready.as_mut().poll(cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Handshake {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
 }
 
 fn login_event(code: &str) -> Value {
