@@ -18,7 +18,9 @@ start_moto
 # warm run with `perf record` into target/perf-<scenario>.data (its CPU figure then includes
 # perf's overhead). BENCH_ONLY=<scenario>[,...] runs only those. BENCH_STORE_RTT_MS=<ms> adds a
 # network round trip to every AWS call (moto on loopback has none; within a region DynamoDB's
-# calls take a few ms).
+# calls take a few ms), and two to the first call on a new connection (its TCP and TLS
+# handshakes). BENCH_WECHAT_MS=<ms> delays every WeChat answer (from a Lambda region WeChat
+# answers in tens of ms).
 profile="${BENCH_PROFILE:-release}"
 echo "== cargo build --profile $profile (the functions)"
 cargo build --profile "$profile" -p login -p qrcode -p token-refresher -p push

@@ -425,6 +425,14 @@ pub async fn run() {
         .collect();
     let bearer = env.login("bench").await;
     let sandbox = env.sandbox();
+    // WeChat's answer time as seen from a Lambda region (tens of ms), which the sandbox on
+    // loopback does not have: BENCH_WECHAT_MS=<ms> delays every WeChat answer.
+    if let Some(ms) = std::env::var("BENCH_WECHAT_MS").ok().and_then(|v| v.parse().ok()) {
+        sandbox.set_faults(wechat_sandbox::Faults {
+            latency_ms: ms,
+            ..Default::default()
+        });
+    }
     // Logins by returning users, a hundred of them, each with a fresh single-use code.
     let login =
         |tag: &str, i: usize| login_event(&sandbox.mint_login_code(&format!("{tag}{}", i % 100)));
