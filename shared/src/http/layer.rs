@@ -11,8 +11,12 @@ use lambda_http::RequestExt;
 
 use crate::clock::{self, Instant};
 use crate::error::{ApiError, Logged};
-use crate::lambda::apigw::Unreadable;
 use crate::scope;
+
+/// On a request whose path or body could not be read from its event (a body marked base64 that
+/// is not): answered 400 `invalid_request` with this message, without being routed.
+#[derive(Debug, Clone, Copy)]
+pub struct Unreadable(pub &'static str);
 
 /// Time kept back before Lambda's deadline to send the error answer.
 const DEADLINE_MARGIN_MS: u64 = 500;

@@ -26,8 +26,10 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
-use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
+
+use crate::http::layer::Unreadable;
 
 /// A string of the event, borrowed from it unless it had escapes.
 struct Str<'a>(Cow<'a, str>);
@@ -78,30 +80,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for Headers<'a> {
     }
 }
 
-/// The event's `cookies` (an array of strings).
-#[derive(Default)]
-struct Cookies<'a>(Vec<Str<'a>>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Cookies<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Cookies<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an array of strings")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::new();
-                while let Some(c) = seq.next_element::<Str>()? {
-                    out.push(c);
-                }
-                Ok(Cookies(out))
-            }
-        }
-        d.deserialize_seq(V(std::marker::PhantomData))
-    }
-}
-
 /// What of a payload 2.0 event the router needs; everything else is skipped unread.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -111,7 +89,7 @@ struct Event<'a> {
     #[serde(borrow, default)]
     raw_query_string: Option<Str<'a>>,
     #[serde(borrow, default)]
-    cookies: Option<Cookies<'a>>,
+    cookies: Option<Vec<Str<'a>>>,
     #[serde(borrow, default)]
     headers: Option<Headers<'a>>,
     #[serde(borrow, default)]
@@ -139,11 +117,6 @@ struct HttpContext<'a> {
 /// Why an event is not a request: where it did not fit, never its content.
 #[derive(Debug)]
 pub struct NotAnEvent(pub String);
-
-/// On a request whose path or body could not be read from the event (a body that is not base64
-/// although the event says it is): the request layer answers 400 with this, without routing it.
-#[derive(Debug, Clone, Copy)]
-pub struct Unreadable(pub &'static str);
 
 /// The request of payload 2.0 event `event`, or why it is not one.
 pub fn request(event: &[u8]) -> Result<Request<Body>, NotAnEvent> {
@@ -182,13 +155,8 @@ pub fn request(event: &[u8]) -> Result<Request<Body>, NotAnEvent> {
             headers.append(n, v);
         }
     }
-    if let Some(cookies) = e.cookies.as_ref().filter(|c| !c.0.is_empty()) {
-        let joined = cookies
-            .0
-            .iter()
-            .map(|c| &*c.0)
-            .collect::<Vec<_>>()
-            .join("; ");
+    if let Some(cookies) = e.cookies.as_ref().filter(|c| !c.is_empty()) {
+        let joined = cookies.iter().map(|c| &*c.0).collect::<Vec<_>>().join("; ");
         if let Ok(v) = HeaderValue::from_str(&joined) {
             headers.insert(COOKIE, v);
         }

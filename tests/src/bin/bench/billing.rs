@@ -427,7 +427,10 @@ pub async fn run() {
     let sandbox = env.sandbox();
     // WeChat's answer time as seen from a Lambda region (tens of ms), which the sandbox on
     // loopback does not have: BENCH_WECHAT_MS=<ms> delays every WeChat answer.
-    if let Some(ms) = std::env::var("BENCH_WECHAT_MS").ok().and_then(|v| v.parse().ok()) {
+    if let Some(ms) = std::env::var("BENCH_WECHAT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         sandbox.set_faults(wechat_sandbox::Faults {
             latency_ms: ms,
             ..Default::default()
