@@ -84,7 +84,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Headers<'a> {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Event<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, alias = "path")]
     raw_path: Option<Str<'a>>,
     #[serde(borrow, default)]
     raw_query_string: Option<Str<'a>>,
@@ -124,7 +124,12 @@ pub fn request(event: &[u8]) -> Result<Request<Body>, NotAnEvent> {
         Ok(e) => e,
         Err(_) => return Err(not_an_event(event)),
     };
-    let method = Method::from_bytes(e.request_context.http.method.0.as_bytes()).map_err(|_| {
+    // An empty method is GET, as `aws_lambda_events` reads it.
+    let method = match &*e.request_context.http.method.0 {
+        "" => Ok(Method::GET),
+        m => Method::from_bytes(m.as_bytes()),
+    }
+    .map_err(|_| {
         NotAnEvent("the event's requestContext.http.method is not an HTTP method".into())
     })?;
     let mut unreadable = None;
@@ -442,6 +447,35 @@ mod tests {
         let mut bad = event("/login", "$default");
         bad["requestContext"]["http"]["method"] = json!("NOT A METHOD");
         assert!(request(bad.to_string().as_bytes()).is_err());
+    }
+
+    #[test]
+    fn nulls_and_old_spellings_read_as_lambda_http_read_them() {
+        let mut e = event("/x", "$default");
+        for k in [
+            "headers",
+            "cookies",
+            "body",
+            "isBase64Encoded",
+            "rawQueryString",
+        ] {
+            e[k] = Value::Null;
+        }
+        e["requestContext"]["stage"] = Value::Null;
+        e["requestContext"]["http"]["method"] = json!("");
+        let r = request(e.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            (r.method(), r.uri().to_string()),
+            (&Method::GET, "/x".to_string())
+        );
+        // `path` for `rawPath`.
+        let mut e = event("/x", "$default");
+        let raw = e.as_object_mut().unwrap().remove("rawPath").unwrap();
+        e["path"] = raw;
+        assert_eq!(
+            request(e.to_string().as_bytes()).unwrap().uri().path(),
+            "/x"
+        );
     }
 
     async fn answer(r: Response<Body>) -> Value {

@@ -71,10 +71,13 @@ type Idle = (Origin, std::time::Instant, SendRequest<Full<Bytes>>);
 /// Connections kept for reuse, per origin.
 pub(crate) struct Connections {
     idle: Mutex<Vec<Idle>>,
-    /// Connections being opened ahead of the first call ([`Connections::open_ahead`]), per
-    /// origin: a call that finds none idle waits for one of these before opening its own. The
-    /// receiver wakes when the opening ends, either way.
-    opening: Mutex<Vec<(Origin, tokio::sync::watch::Receiver<()>)>>,
+    /// Connections being opened ahead of the first call ([`Connections::open_ahead`]), by origin
+    /// and a number of their own: a call that finds none idle waits while one to its origin is
+    /// being opened rather than open its own.
+    opening: Mutex<Vec<(Origin, u64)>>,
+    /// Told to every waiting call whenever an opening ahead ends, either way.
+    opened: tokio::sync::Notify,
+    next_opening: std::sync::atomic::AtomicU64,
     /// Kept no longer than this unused: a connection idle for minutes may have been dropped on
     /// the way without either end being told (a NAT's timeout), and a request written into it
     /// would wait for its timeout. reqwest's pool used the same limit.
@@ -94,6 +97,8 @@ impl Connections {
         Connections {
             idle: Mutex::new(Vec::new()),
             opening: Mutex::new(Vec::new()),
+            opened: tokio::sync::Notify::new(),
+            next_opening: std::sync::atomic::AtomicU64::new(0),
             idle_limit: IDLE_LIMIT,
             tls: Arc::new(tls),
             connect_timeout,
@@ -111,7 +116,7 @@ impl Connections {
             return;
         };
         let origin = endpoint.origin;
-        let (done, waiting) = tokio::sync::watch::channel(());
+        let id = self.next_opening.fetch_add(1, Ordering::Relaxed);
         {
             let idle = self.idle.lock().expect("not poisoned");
             let mut opening = self.opening.lock().expect("not poisoned");
@@ -120,26 +125,20 @@ impl Connections {
             if have >= want {
                 return;
             }
-            opening.push((origin.clone(), waiting.clone()));
+            opening.push((origin.clone(), id));
         }
+        // Ends the opening however this future ends (also dropped half way): its entry goes and
+        // the waiting calls look again.
+        let _ending = Opening { conns: self, id };
         match Box::pin(self.connect(&origin)).await {
             Ok(sender) => self.give_back(origin.clone(), sender),
             Err(e) => tracing::debug!(error = %e.message, "a connection opened ahead failed"),
         }
-        self.opening
-            .lock()
-            .expect("not poisoned")
-            .retain(|(_, w)| !w.same_channel(&waiting));
-        drop(done);
     }
 
-    /// The end of a connection being opened ahead to `origin`, if one is.
-    fn opened_ahead(&self, origin: &Origin) -> Option<tokio::sync::watch::Receiver<()>> {
+    fn is_opening(&self, origin: &Origin) -> bool {
         let opening = self.opening.lock().expect("not poisoned");
-        opening
-            .iter()
-            .find(|(o, _)| o == origin)
-            .map(|(_, w)| w.clone())
+        opening.iter().any(|(o, _)| o == origin)
     }
 
     /// Sends one request and reads its whole answer, within `timeout`. `headers` are sent as
@@ -229,21 +228,24 @@ impl Connections {
         // once more on a new one, at once (the caller's retries are for the service's failures).
         let mut fresh = false;
         loop {
-            let mut sender = match self.take(origin) {
-                Some(s) => s,
-                None => {
-                    // One being opened ahead: wait for it (it ends, one way or the other, within
-                    // the connect timeout), then look again.
-                    if let Some(mut opened) = self.opened_ahead(origin) {
-                        // Ends (an error: the sender is dropped) when the opening does.
-                        let _ = opened.changed().await;
-                        continue;
-                    }
-                    fresh = true;
-                    // Boxed: a TLS handshake's state is large, and a call's future is part of
-                    // every caller's (a debug build's test thread overflowed its stack).
-                    Box::pin(self.connect(origin)).await?
+            let mut sender = loop {
+                // Registered before looking, so that an opening ending in between is not missed.
+                let opened = self.opened.notified();
+                tokio::pin!(opened);
+                opened.as_mut().enable();
+                if let Some(s) = self.take(origin) {
+                    break s;
                 }
+                // Some being opened ahead: wait until one of them ends (each within the connect
+                // timeout), then look again.
+                if self.is_opening(origin) {
+                    opened.await;
+                    continue;
+                }
+                fresh = true;
+                // Boxed: a TLS handshake's state is large, and a call's future is part of every
+                // caller's (a debug build's test thread overflowed its stack).
+                break Box::pin(self.connect(origin)).await?;
             };
             if sender.ready().await.is_err() {
                 if fresh {
@@ -342,6 +344,21 @@ impl Connections {
                 ),
             }),
         }
+    }
+}
+
+/// An opening ahead under way: when dropped, its entry goes and the waiting calls are told.
+struct Opening<'a> {
+    conns: &'a Connections,
+    id: u64,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut opening) = self.conns.opening.lock() {
+            opening.retain(|(_, id)| *id != self.id);
+        }
+        self.conns.opened.notify_waiters();
     }
 }
 
@@ -591,6 +608,31 @@ mod tests {
             "two wanted, two opened, both used"
         );
         assert_eq!(c.idle.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_opening_ahead_cut_short_leaves_nothing_to_wait_for() {
+        // A TLS origin whose server accepts and never answers: the handshake hangs.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        let c = Arc::new(connections());
+        let u = reqwest::Url::parse(&format!("https://{addr}/")).unwrap();
+        let ahead = tokio::spawn({
+            let (c, u) = (c.clone(), u.clone());
+            async move { c.open_ahead(&u, 1).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(c.opening.lock().unwrap().len(), 1);
+        // Cut short (its task aborted): the entry goes with it.
+        ahead.abort();
+        let _ = ahead.await;
+        assert!(c.opening.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
