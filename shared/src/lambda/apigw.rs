@@ -26,6 +26,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
+use lambda_http::lambda_runtime::Diagnostic;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -114,15 +115,13 @@ struct HttpContext<'a> {
     method: Str<'a>,
 }
 
-/// Why an event is not a request: where it did not fit, never its content.
-#[derive(Debug)]
-pub struct NotAnEvent(pub String);
-
-/// The request of payload 2.0 event `event`, or why it is not one.
-pub fn request(event: &[u8]) -> Result<Request<Body>, NotAnEvent> {
+/// The request of payload 2.0 event `event`, or the invocation's error saying why it is not one
+/// (where it did not fit, never its content).
+pub fn request(event: &[u8]) -> Result<Request<Body>, Diagnostic> {
+    // Read again only to say where it did not fit.
     let e: Event = match serde_json::from_slice(event) {
         Ok(e) => e,
-        Err(_) => return Err(not_an_event(event)),
+        Err(_) => super::parse::<Event>(event)?,
     };
     // An empty method is GET, as `aws_lambda_events` reads it.
     let method = match &*e.request_context.http.method.0 {
@@ -130,7 +129,10 @@ pub fn request(event: &[u8]) -> Result<Request<Body>, NotAnEvent> {
         m => Method::from_bytes(m.as_bytes()),
     }
     .map_err(|_| {
-        NotAnEvent("the event's requestContext.http.method is not an HTTP method".into())
+        super::diagnostic(
+            "InvalidEvent",
+            &"the event's requestContext.http.method is not an HTTP method",
+        )
     })?;
     let mut unreadable = None;
     let raw_path = e.raw_path.as_ref().map_or("/", |p| &p.0);
@@ -203,25 +205,6 @@ fn percent_encoded(target: &str) -> String {
         }
     }
     out
-}
-
-/// Where the event did not fit (path, kind of error, position), for the invocation's error.
-fn not_an_event(event: &[u8]) -> NotAnEvent {
-    let mut json = serde_json::Deserializer::from_slice(event);
-    let message = match serde_path_to_error::deserialize::<_, Event>(&mut json) {
-        Ok(_) => "the event could not be read".to_string(),
-        Err(e) => {
-            let path = e.path().to_string();
-            let inner = e.inner();
-            format!(
-                "the event does not fit at {path} ({:?} error at line {}, column {})",
-                inner.classify(),
-                inner.line(),
-                inner.column()
-            )
-        }
-    };
-    NotAnEvent(message)
 }
 
 /// `/prod/login` → `/login` when the request came through the stage `prod` (API Gateway puts a
@@ -439,11 +422,15 @@ mod tests {
 
     #[test]
     fn what_is_not_an_event_is_named_without_its_content() {
-        let e = request(br#""not an event""#).unwrap_err();
-        assert!(e.0.contains("does not fit"), "{}", e.0);
-        assert!(!e.0.contains("not an event"), "{}", e.0);
+        let e = request(br#""not an event""#).unwrap_err().error_message;
+        assert!(e.contains("does not fit"), "{e}");
+        assert!(!e.contains("not an event"), "{e}");
         let e = request(br#"{"detail-type": "Scheduled Event", "detail": {}}"#).unwrap_err();
-        assert!(e.0.contains("does not fit"), "{}", e.0);
+        assert!(
+            e.error_message.contains("does not fit"),
+            "{}",
+            e.error_message
+        );
         let mut bad = event("/login", "$default");
         bad["requestContext"]["http"]["method"] = json!("NOT A METHOD");
         assert!(request(bad.to_string().as_bytes()).is_err());

@@ -37,10 +37,10 @@ pub async fn run(app: App, surface: Surface) -> Result<(), Error> {
                 tracing::error!(
                     request_id = context.request_id,
                     trace_id = context.xray_trace_id,
-                    error = e.0,
+                    error = e.error_message,
                     "event refused"
                 );
-                Err(diagnostic("InvalidEvent", &e.0))
+                Err(e)
             }
         };
         async move {
@@ -80,7 +80,7 @@ fn connect_ahead(app: &App, surface: Surface) {
 }
 
 /// The event as `T`, or the invocation's error naming where it did not fit (never its content).
-fn parse<T: serde::de::DeserializeOwned>(event: &[u8]) -> Result<T, Diagnostic> {
+fn parse<'de, T: serde::Deserialize<'de>>(event: &'de [u8]) -> Result<T, Diagnostic> {
     let mut json = serde_json::Deserializer::from_slice(event);
     serde_path_to_error::deserialize(&mut json).map_err(|e| {
         // Where and what kind, not serde's message: it quotes the values it met.

@@ -229,7 +229,11 @@ impl Connections {
         let mut fresh = false;
         loop {
             let mut sender = loop {
-                // Registered before looking, so that an opening ending in between is not missed.
+                if let Some(s) = self.take(origin) {
+                    break s;
+                }
+                // None idle: look again registered for the end of an opening ahead, so that one
+                // ending in between is not missed.
                 let opened = self.opened.notified();
                 tokio::pin!(opened);
                 opened.as_mut().enable();

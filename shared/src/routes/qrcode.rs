@@ -175,26 +175,24 @@ pub async fn qrcode(
     token: SessionToken,
     body: Result<JsonBody<CodeRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let req = body.as_ref().ok().map(|JsonBody(req)| req);
-    let params = req.map(CodeRequest::wechat_body);
-    let cache = req
-        .zip(params.as_ref())
-        .and_then(|(r, p)| cache_for(&app, r, p));
+    // The body's parameters and the cache's key, if the body could be read.
+    let read = body.map(|JsonBody(req)| {
+        let params = req.wechat_body();
+        let cache = cache_for(&app, &req, &params);
+        (params, cache)
+    });
     let cached = async {
-        match &cache {
-            Some((c, key)) => c.get(key).await,
-            None => None,
+        match &read {
+            Ok((_, Some((c, key)))) => c.get(key).await,
+            _ => None,
         }
     };
     let (session, cached) = tokio::join!(Session::of(&app, &token), cached);
     session?;
-    let JsonBody(req) = body?;
-    let (image, x_cache) = match (cached, params) {
-        (Some(hit), _) => (hit, Some("hit")),
-        (None, params) => {
-            let params = params.unwrap_or_else(|| req.wechat_body());
-            make_new(&app, params, cache).await?
-        }
+    let (params, cache) = read?;
+    let (image, x_cache) = match cached {
+        Some(hit) => (hit, Some("hit")),
+        None => make_new(&app, params, cache).await?,
     };
     Ok(image_response(image, x_cache))
 }
