@@ -94,9 +94,12 @@ struct Job {
     request: CodeRequest,
 }
 
-/// The CSV's jobs, and its bad lines (line number in the file and reason), each checked by the
-/// route's own rules. A scene given twice is a bad line (both would name one file).
-fn read_csv(path: &PathBuf) -> Result<(Vec<Job>, Vec<(usize, String)>), String> {
+/// A line of the CSV that is refused: its number in the file and why.
+type BadLine = (usize, String);
+
+/// The CSV's jobs, and its bad lines, each checked by the route's own rules. A scene given twice
+/// is a bad line (both would name one file).
+fn read_csv(path: &PathBuf) -> Result<(Vec<Job>, Vec<BadLine>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     // A spreadsheet's "CSV UTF-8" starts with a byte-order mark.
     let text = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&bytes);

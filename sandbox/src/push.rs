@@ -3,9 +3,10 @@
 //! encrypted, `msg_signature` and `encrypt_type=aes`.
 //!
 //! Written from WeChat's documentation, independently of the receiver's code: signature =
-//! sha1 of the sorted (token, timestamp, nonce[, Encrypt]) joined; key = base64(EncodingAESKey
-//! + "="); AES-256-CBC, IV = the key's first 16 bytes; plaintext = 16 random bytes | 4-byte
-//! big-endian length | message | appid, PKCS#7-padded to 32-byte blocks.
+//! sha1 of the sorted (token, timestamp, nonce[, Encrypt]) joined; key =
+//! base64(EncodingAESKey + "="); AES-256-CBC, IV = the key's first 16 bytes; plaintext = 16
+//! random bytes, a 4-byte big-endian length, the message and the appid, PKCS#7-padded to
+//! 32-byte blocks.
 
 use aws_lc_rs::cipher::{AES_256, EncryptingKey, EncryptionContext, UnboundCipherKey};
 use aws_lc_rs::iv::FixedLength;
