@@ -25,7 +25,7 @@ pub async fn run(app: App, surface: Surface) -> Result<(), Error> {
     crate::metrics::init(surface.function_name());
     connect_ahead(&app, surface);
     let mut router = router(Arc::new(app), surface);
-    runtime_api::serve(move |event: bytes::Bytes, context| {
+    let serve = runtime_api::serve(move |event: bytes::Bytes, context| {
         let answer = match apigw::request(&event) {
             Ok(mut request) => {
                 request.extensions_mut().insert(context);
@@ -49,8 +49,21 @@ pub async fn run(app: App, surface: Surface) -> Result<(), Error> {
                 .await
                 .map_err(|e| diagnostic("Serialization", &e))
         }
-    })
-    .await
+    });
+    in_task(serve).await
+}
+
+/// Runs `work` as a task of the runtime rather than as the future `main` blocks on: a task woken
+/// by another (a connection's task handing it an answer) is queued, where waking the blocked-on
+/// future writes to the runtime's eventfd and costs the loop another `epoll_wait`.
+async fn in_task<F>(work: F) -> Result<(), Error>
+where
+    F: std::future::Future<Output = Result<(), Error>> + Send + 'static,
+{
+    match tokio::spawn(work).await {
+        Ok(result) => result,
+        Err(e) => Err(e.to_string().into()),
+    }
 }
 
 /// Opens, in the background, the connections a cold start's first request will want, so that
