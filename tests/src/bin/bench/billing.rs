@@ -149,7 +149,7 @@ pub struct Cold {
     /// Exec to the first answer.
     first: Vec<Duration>,
     /// The first answer's time less the time moto took answering the process's calls (moto
-    /// serves one call at a time, and a login's two writes take it 11-13 ms, which every runner
+    /// serves one call at a time, and a login's two writes take it 10-14 ms, which every runner
     /// waits alike): what is the runner's own.
     beyond_moto: Vec<Duration>,
 }
@@ -318,9 +318,10 @@ async fn warm(
 /// start of ours followed the peer's (50 MB of memory touched, caches and moto's included) and
 /// ran slower than in its own scenario (14.9 vs 13.0 ms, same run); a block leaves that to its
 /// first start, for both runners alike, and the p50 does not see it.
+/// Each pair is (this project, the Python peer); the cold figures are p50s.
 pub struct SideBySide {
-    pub first: (Vec<Duration>, Vec<Duration>),
-    pub beyond_moto: (Vec<Duration>, Vec<Duration>),
+    pub first: (Duration, Duration),
+    pub beyond_moto: (Duration, Duration),
     pub cpu: (Duration, Duration),
 }
 
@@ -360,14 +361,14 @@ async fn side_by_side(
     for w in warm {
         w.end().await;
     }
-    for c in &mut cold_starts {
-        c.first.sort();
-        c.beyond_moto.sort();
-    }
+    let p50 = |mut v: Vec<Duration>| {
+        v.sort();
+        pct(&v, 0.5)
+    };
     let [ours, peer] = cold_starts;
     SideBySide {
-        first: (ours.first, peer.first),
-        beyond_moto: (ours.beyond_moto, peer.beyond_moto),
+        first: (p50(ours.first), p50(peer.first)),
+        beyond_moto: (p50(ours.beyond_moto), p50(peer.beyond_moto)),
         cpu,
     }
 }
@@ -921,32 +922,20 @@ pub async fn run() {
             "  {:<30} {:>12} {:>12} {:>8}",
             "", "this project", "Python peer", "ratio"
         );
-        let line = |what: &str, ours: Duration, peer: Duration| {
+        let cpu_ms = |d: Duration| format!("{:.3} ms", d.as_secs_f64() * 1e3);
+        for (what, (ours, peer), show) in [
+            ("first response p50", t.first, ms as fn(Duration) -> String),
+            ("first response less moto p50", t.beyond_moto, ms),
+            ("CPU per warm login", t.cpu, cpu_ms),
+        ] {
             println!(
                 "  {:<30} {:>12} {:>12} {:>7.1}x",
                 what,
-                ms(ours),
-                ms(peer),
+                show(ours),
+                show(peer),
                 peer.as_secs_f64() / ours.as_secs_f64().max(1e-9)
             );
-        };
-        line(
-            "first response p50",
-            pct(&t.first.0, 0.5),
-            pct(&t.first.1, 0.5),
-        );
-        line(
-            "first response less moto p50",
-            pct(&t.beyond_moto.0, 0.5),
-            pct(&t.beyond_moto.1, 0.5),
-        );
-        println!(
-            "  {:<30} {:>12} {:>12} {:>7.1}x",
-            "CPU per warm login",
-            format!("{:.3} ms", t.cpu.0.as_secs_f64() * 1e3),
-            format!("{:.3} ms", t.cpu.1.as_secs_f64() * 1e3),
-            t.cpu.1.as_secs_f64() / t.cpu.0.as_secs_f64().max(1e-9)
-        );
+        }
         Some(t)
     } else {
         None
@@ -1040,8 +1029,7 @@ fn targets(all: &[Figures], turns: &SideBySide) {
         );
     }
     row("init, echo floor, p50", ms(echo.init_p50()), "-", None);
-    let p50 = |v: &[Duration]| pct(v, 0.5);
-    let first = ratio(p50(&turns.first.1), p50(&turns.first.0));
+    let first = ratio(turns.first.1, turns.first.0);
     row(
         "first response (cold login), Python peer / this project (in turns)",
         format!("{first:.1}x"),
@@ -1060,9 +1048,9 @@ fn targets(all: &[Figures], turns: &SideBySide) {
         "first response (cold login) less moto's time, Python peer / this project (in turns)",
         format!(
             "{:.0}x ({} vs {})",
-            ratio(p50(&turns.beyond_moto.1), p50(&turns.beyond_moto.0)),
-            ms(p50(&turns.beyond_moto.1)),
-            ms(p50(&turns.beyond_moto.0))
+            ratio(turns.beyond_moto.1, turns.beyond_moto.0),
+            ms(turns.beyond_moto.1),
+            ms(turns.beyond_moto.0)
         ),
         "-",
         None,
