@@ -30,6 +30,7 @@ use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{Notify, oneshot, watch};
@@ -168,6 +169,10 @@ impl RuntimeApi {
             .expect("bind Runtime API listener");
         let addr = listener.local_addr().expect("local addr").to_string();
         let server = tokio::spawn(async move {
+            // Writing without delay, as Lambda's own runtime API (Go's net/http) does.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, router)
                 .await
                 .expect("Runtime API server");

@@ -10,6 +10,7 @@
 
 pub mod apigw;
 pub mod runtime_api;
+mod wire;
 
 use std::sync::Arc;
 

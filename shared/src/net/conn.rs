@@ -35,6 +35,7 @@ pub(crate) struct Failed {
 }
 
 /// What a call got back.
+#[derive(Debug)]
 pub(crate) struct Answer {
     pub status: http::StatusCode,
     pub headers: http::HeaderMap,
@@ -720,8 +721,7 @@ mod tests {
                 Duration::from_millis(200),
             )
             .await
-            .err()
-            .expect("no answer");
+            .expect_err("no answer");
         assert!(e.timeout && !e.unsent, "{e:?}");
     }
 }

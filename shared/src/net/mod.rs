@@ -454,7 +454,7 @@ mod tests {
             config_with(Box::new(move || vec![other_ca.clone()])),
             Duration::from_secs(1),
         );
-        let e = send(untrusted).await.err().expect("an unknown issuer");
+        let e = send(untrusted).await.expect_err("an unknown issuer");
         assert!(!e.timeout && e.message.contains("UnknownIssuer"), "{e:?}");
     }
 }
