@@ -161,28 +161,9 @@ impl Connections {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_string(),
         };
-        self.send_to(&endpoint, method, &target, headers, body, Some(timeout))
-            .await
-    }
-
-    /// [`Connections::send`] to an endpoint parsed once, `target` being the path and query;
-    /// without a `timeout` the call waits as long as the answer takes (the Lambda runtime API's
-    /// next event).
-    pub async fn send_to(
-        &self,
-        endpoint: &Endpoint,
-        method: &http::Method,
-        target: &str,
-        headers: http::HeaderMap,
-        body: Bytes,
-        timeout: Option<Duration>,
-    ) -> Result<Answer, Failed> {
         // Whether the request may have left: until then a timeout is also "unsent".
         let written = AtomicBool::new(false);
-        let exchange = self.exchange(endpoint, method, target, headers, body, &written);
-        let Some(timeout) = timeout else {
-            return exchange.await;
-        };
+        let exchange = self.exchange(&endpoint, method, &target, headers, body, &written);
         match tokio::time::timeout(timeout, exchange).await {
             Ok(r) => r,
             Err(_) => Err(Failed {
