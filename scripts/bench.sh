@@ -16,7 +16,8 @@ start_moto
 # BENCH_PROFILE=profiling measures the same build with symbols; BENCH_PERF=<scenario> (one of
 # login, "login secret", "GET /session", "metrics off", "code miss", "code hit", "code hit s3", push, "python login", echo) records that scenario's
 # warm run with `perf record` into target/perf-<scenario>.data (its CPU figure then includes
-# perf's overhead). BENCH_ONLY=<scenario>[,...] runs only those. BENCH_STORE_RTT_MS=<ms> adds a
+# perf's overhead). BENCH_ONLY=<scenario>[,...] runs only those. BENCH_VS=<dir> runs only this
+# build's login against target/<dir>/login, in turns (scripts/bench-ab.sh). BENCH_STORE_RTT_MS=<ms> adds a
 # network round trip to every AWS call (moto on loopback has none; within a region DynamoDB's
 # calls take a few ms), and two to the first call on a new connection (its TCP and TLS
 # handshakes). BENCH_WECHAT_MS=<ms> delays every WeChat answer (from a Lambda region WeChat

@@ -10,41 +10,26 @@
 //! kept connection found closed before its first answer, has what was not answered sent again on
 //! a new connection (once, for the latter).
 
-use std::io::IoSlice;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::net::conn::Answer;
+use crate::net::h1::{Link, ReadFail};
 
-/// Most headers an answer may have.
-const MAX_HEADERS: usize = 64;
-/// Room made in the read buffer before a read, when the answer's length is not known yet.
-const READ_CHUNK: usize = 8 * 1024;
+pub(crate) use crate::net::h1::request;
 
 /// One kept connection to `host:port`.
 pub(crate) struct Wire {
     host: String,
     port: u16,
     connect_timeout: Duration,
-    stream: Option<TcpStream>,
-    /// Read but not yet taken: the start of the next answer, when a read brought in more.
-    buf: BytesMut,
+    link: Option<Link<TcpStream>>,
 }
 
 /// Why an exchange failed.
 #[derive(Debug)]
 pub(crate) struct WireError(pub String);
-
-/// How reading an answer went wrong.
-enum ReadFail {
-    /// The connection ended before any byte of the answer.
-    ClosedBeforeAnswer,
-    Other(String),
-}
 
 impl Wire {
     pub fn new(host: &str, port: u16, connect_timeout: Duration) -> Wire {
@@ -56,8 +41,7 @@ impl Wire {
                 .to_string(),
             port,
             connect_timeout,
-            stream: None,
-            buf: BytesMut::new(),
+            link: None,
         }
     }
 
@@ -67,13 +51,14 @@ impl Wire {
         let mut answers = Vec::with_capacity(requests.len());
         let mut retried = false;
         while answers.len() < requests.len() {
-            let fresh = self.stream.is_none();
+            let fresh = self.link.is_none();
             if fresh {
                 self.connect().await?;
             }
             let rest = &requests[answers.len()..];
-            if let Err(e) = self.write_all(rest).await {
-                self.close();
+            let link = self.link.as_mut().expect("connected");
+            if let Err(e) = link.write_all(rest).await {
+                self.link = None;
                 if !fresh && !retried {
                     retried = true;
                     continue;
@@ -81,52 +66,33 @@ impl Wire {
                 return Err(WireError(format!("write: {e}")));
             }
             while answers.len() < requests.len() {
-                match self.read_answer().await {
+                let link = self.link.as_mut().expect("connected");
+                match link.read_answer(false).await {
                     Ok((answer, keep)) => {
                         answers.push(answer);
                         if !keep {
                             // What was sent behind it is not answered there: again, on a new one.
-                            self.close();
+                            self.link = None;
                             break;
                         }
-                        if answers.len() < requests.len() && self.buf.is_empty() {
-                            self.ack_now();
+                        if answers.len() < requests.len() && !link.has_buffered() {
+                            ack_now(link.stream());
                         }
                     }
                     // A kept connection the server had closed: the requests did not reach it.
                     Err(ReadFail::ClosedBeforeAnswer) if !fresh && !retried => {
-                        self.close();
+                        self.link = None;
                         retried = true;
                         break;
                     }
-                    Err(ReadFail::ClosedBeforeAnswer) => {
-                        self.close();
-                        return Err(WireError("the connection closed before an answer".into()));
-                    }
-                    Err(ReadFail::Other(e)) => {
-                        self.close();
-                        return Err(WireError(e));
+                    Err(e) => {
+                        self.link = None;
+                        return Err(WireError(e.to_string()));
                     }
                 }
             }
         }
         Ok(answers)
-    }
-
-    /// Acknowledges what was read at once. A server that leaves Nagle's algorithm on (hyper's,
-    /// under `cargo lambda watch`) holds its next answer until the one before it is acknowledged,
-    /// and Linux delays that acknowledgement up to 40 ms when it has nothing to send with it, as a
-    /// client whose next request is already written has not. Lambda's own runtime API (Go) writes
-    /// without delay.
-    fn ack_now(&self) {
-        if let Some(tcp) = &self.stream {
-            let _ = socket2::SockRef::from(tcp).set_tcp_quickack(true);
-        }
-    }
-
-    fn close(&mut self) {
-        self.stream = None;
-        self.buf.clear();
     }
 
     async fn connect(&mut self) -> Result<(), WireError> {
@@ -147,232 +113,17 @@ impl Wire {
             }
         };
         let _ = tcp.set_nodelay(true);
-        self.stream = Some(tcp);
-        self.buf.clear();
+        self.link = Some(Link::new(tcp));
         Ok(())
-    }
-
-    async fn write_all(&mut self, requests: &[&[u8]]) -> std::io::Result<()> {
-        let stream = self.stream.as_mut().expect("connected");
-        let mut slices: Vec<IoSlice<'_>> = requests.iter().map(|r| IoSlice::new(r)).collect();
-        let mut slices = &mut slices[..];
-        while !slices.is_empty() {
-            let n = stream.write_vectored(slices).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            IoSlice::advance_slices(&mut slices, n);
-        }
-        Ok(())
-    }
-
-    /// Reads more into the buffer; false at the end of the connection.
-    async fn fill(&mut self, at_least: usize) -> Result<bool, String> {
-        let stream = self.stream.as_mut().expect("connected");
-        self.buf.reserve(at_least.max(READ_CHUNK));
-        match stream.read_buf(&mut self.buf).await {
-            Ok(0) => Ok(false),
-            Ok(_) => Ok(true),
-            Err(e) => Err(format!("read: {e}")),
-        }
-    }
-
-    /// One answer, and whether the connection stays open after it.
-    async fn read_answer(&mut self) -> Result<(Answer, bool), ReadFail> {
-        let mut started = !self.buf.is_empty();
-        loop {
-            let head = {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut parsed = httparse::Response::new(&mut headers);
-                match parsed.parse(&self.buf) {
-                    Ok(httparse::Status::Complete(len)) => Some(head_of(&parsed, len)),
-                    Ok(httparse::Status::Partial) => None,
-                    Err(e) => return Err(ReadFail::Other(format!("the answer's head: {e}"))),
-                }
-            };
-            match head {
-                Some(head) => {
-                    let (status, headers, len, keep) = head.map_err(ReadFail::Other)?;
-                    self.buf.advance(len);
-                    // An interim answer (100 Continue): the real one follows.
-                    if status.is_informational() {
-                        started = !self.buf.is_empty();
-                        continue;
-                    }
-                    let (body, keep) = self
-                        .read_body(status, &headers, keep)
-                        .await
-                        .map_err(ReadFail::Other)?;
-                    return Ok((
-                        Answer {
-                            status,
-                            headers,
-                            body,
-                        },
-                        keep,
-                    ));
-                }
-                None => match self.fill(0).await {
-                    Ok(true) => started = true,
-                    Ok(false) if !started => return Err(ReadFail::ClosedBeforeAnswer),
-                    Ok(false) => {
-                        return Err(ReadFail::Other(
-                            "the connection closed within an answer's head".into(),
-                        ));
-                    }
-                    // A reset before any byte of the answer is the same as a close.
-                    Err(_) if !started => return Err(ReadFail::ClosedBeforeAnswer),
-                    Err(e) => return Err(ReadFail::Other(e)),
-                },
-            }
-        }
-    }
-
-    async fn read_body(
-        &mut self,
-        status: StatusCode,
-        headers: &HeaderMap,
-        keep: bool,
-    ) -> Result<(Bytes, bool), String> {
-        if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            return Ok((Bytes::new(), keep));
-        }
-        let chunked = headers
-            .get_all(http::header::TRANSFER_ENCODING)
-            .iter()
-            .any(|v| {
-                v.to_str()
-                    .is_ok_and(|v| v.to_ascii_lowercase().contains("chunked"))
-            });
-        if chunked {
-            return Ok((self.read_chunked().await?, keep));
-        }
-        if let Some(length) = headers.get(http::header::CONTENT_LENGTH) {
-            let length: usize = length
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .ok_or("the answer's content-length is not a number")?;
-            while self.buf.len() < length {
-                if !self.fill(length - self.buf.len()).await? {
-                    return Err("the connection closed within an answer's body".into());
-                }
-            }
-            return Ok((self.buf.split_to(length).freeze(), keep));
-        }
-        // Neither: the body is what comes until the connection ends.
-        while self.fill(0).await? {}
-        Ok((self.buf.split().freeze(), false))
-    }
-
-    async fn read_chunked(&mut self) -> Result<Bytes, String> {
-        let mut body = BytesMut::new();
-        loop {
-            let (size_len, size) = loop {
-                match httparse::parse_chunk_size(&self.buf) {
-                    Ok(httparse::Status::Complete((len, size))) => break (len, size),
-                    Ok(httparse::Status::Partial) => {
-                        if !self.fill(0).await? {
-                            return Err("the connection closed within a chunked body".into());
-                        }
-                    }
-                    Err(_) => return Err("a chunk's size is not hexadecimal".into()),
-                }
-            };
-            let size = usize::try_from(size).map_err(|_| "a chunk too large")?;
-            if size == 0 {
-                self.buf.advance(size_len);
-                // Trailers, if any, then the empty line.
-                loop {
-                    match self.buf.windows(2).position(|w| w == b"\r\n") {
-                        Some(0) => {
-                            self.buf.advance(2);
-                            return Ok(body.freeze());
-                        }
-                        Some(at) => self.buf.advance(at + 2),
-                        None => {
-                            if !self.fill(0).await? {
-                                return Err("the connection closed within a chunked body".into());
-                            }
-                        }
-                    }
-                }
-            }
-            let whole = size_len + size + 2;
-            while self.buf.len() < whole {
-                if !self.fill(whole - self.buf.len()).await? {
-                    return Err("the connection closed within a chunked body".into());
-                }
-            }
-            self.buf.advance(size_len);
-            body.extend_from_slice(&self.buf[..size]);
-            if &self.buf[size..size + 2] != b"\r\n" {
-                return Err("a chunk does not end with CRLF".into());
-            }
-            self.buf.advance(size + 2);
-        }
     }
 }
 
-/// An answer's status, headers, head length and whether the connection stays open after it.
-fn head_of(
-    parsed: &httparse::Response<'_, '_>,
-    len: usize,
-) -> Result<(StatusCode, HeaderMap, usize, bool), String> {
-    let status = parsed
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or("the answer has no status")?;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    let mut close = parsed.version != Some(1);
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| format!("a header's name: {:?}", h.name))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| format!("the value of header {:?}", h.name))?;
-        if name == http::header::CONNECTION {
-            let v = value.to_str().unwrap_or_default().to_ascii_lowercase();
-            if v.contains("close") {
-                close = true;
-            } else if v.contains("keep-alive") {
-                close = false;
-            }
-        }
-        headers.append(name, value);
-    }
-    Ok((status, headers, len, !close))
-}
-
-/// A whole HTTP/1.1 request: `method target`, `Host`, `headers`, and `body` with its length (none
-/// for a GET without one).
-pub(crate) fn request(
-    method: &http::Method,
-    target: &str,
-    host: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + body.len());
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    out.extend_from_slice(host.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if !(body.is_empty() && *method == http::Method::GET) {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    out
+/// Acknowledges what was read at once. A server that leaves Nagle's algorithm on (hyper's, under
+/// `cargo lambda watch`) holds its next answer until the one before it is acknowledged, and Linux
+/// delays that acknowledgement up to 40 ms when it has nothing to send with it, as a client whose
+/// next request is already written has not. Lambda's own runtime API (Go) writes without delay.
+fn ack_now(tcp: &TcpStream) {
+    let _ = socket2::SockRef::from(tcp).set_tcp_quickack(true);
 }
 
 #[cfg(test)]
@@ -382,6 +133,8 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+
+    use http::{HeaderMap, HeaderValue, StatusCode};
 
     use super::*;
 

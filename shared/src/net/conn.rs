@@ -1,20 +1,23 @@
 //! Keep-alive HTTP/1.1 connections for the calls a request makes (AWS's endpoints and WeChat's
-//! API), straight on hyper: an idle connection is taken for a call and given back once its
-//! answer is read whole. reqwest wraps the same hyper in a pool, redirect and timeout layers and
-//! a URL parse per request, which together cost about a tenth of a warm request's CPU here
-//! (README, Performance); these calls need none of them.
+//! API): an idle connection is taken for a call, the request written and its answer read whole by
+//! the caller itself ([`super::h1`]), and the connection given back. reqwest wraps hyper in a
+//! pool, redirect and timeout layers and a URL parse per request, which together cost about a
+//! tenth of a warm request's CPU here (README, Performance); hyper's own client then drove each
+//! connection from a task of its own, two task wakes per call. These calls need none of it.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HOST, HeaderValue};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::header::HeaderValue;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::h1::{self, Link, ReadFail};
 
 /// A connection's endpoint: https or not, host, port.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -29,7 +32,8 @@ struct Origin {
 #[derive(Debug)]
 pub(crate) struct Failed {
     pub timeout: bool,
-    /// No connection was made: the request surely did not leave.
+    /// The request surely did not reach the server: no connection was made, or the one it was
+    /// being written to had closed before it was whole.
     pub unsent: bool,
     pub message: String,
 }
@@ -66,8 +70,72 @@ impl Endpoint {
     }
 }
 
-/// A kept connection: its origin, when it was given back, its sender.
-type Idle = (Origin, std::time::Instant, SendRequest<Full<Bytes>>);
+/// A connection's transport: TCP, or TLS over it.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A kept connection: its origin, when it was given back, the connection.
+type Idle = (Origin, std::time::Instant, Link<Io>);
 
 /// Connections kept for reuse, per origin.
 pub(crate) struct Connections {
@@ -132,7 +200,7 @@ impl Connections {
         // the waiting calls look again.
         let _ending = Opening { conns: self, id };
         match Box::pin(self.connect(&origin)).await {
-            Ok(sender) => self.give_back(origin.clone(), sender),
+            Ok(link) => self.give_back(origin.clone(), link),
             Err(e) => tracing::debug!(error = %e.message, "a connection opened ahead failed"),
         }
     }
@@ -143,7 +211,7 @@ impl Connections {
     }
 
     /// Sends one request and reads its whole answer, within `timeout`. `headers` are sent as
-    /// given, after `host`.
+    /// given, after `host` (a `host` or `content-length` among them is replaced by the right one).
     pub async fn send(
         &self,
         method: &http::Method,
@@ -163,7 +231,7 @@ impl Connections {
         };
         // Whether the request may have left: until then a timeout is also "unsent".
         let written = AtomicBool::new(false);
-        let exchange = self.exchange(&endpoint, method, &target, headers, body, &written);
+        let exchange = self.exchange(&endpoint, method, &target, &headers, &body, &written);
         match tokio::time::timeout(timeout, exchange).await {
             Ok(r) => r,
             Err(_) => Err(Failed {
@@ -179,133 +247,112 @@ impl Connections {
         endpoint: &Endpoint,
         method: &http::Method,
         target: &str,
-        headers: http::HeaderMap,
-        body: Bytes,
+        headers: &http::HeaderMap,
+        body: &Bytes,
         written: &AtomicBool,
     ) -> Result<Answer, Failed> {
-        let transport = |message: String| Failed {
+        let transport = |unsent: bool, message: String| Failed {
             timeout: false,
-            unsent: false,
+            unsent,
             message,
         };
         let origin = &endpoint.origin;
-        let length = body.len();
-        let mut request = http::Request::new(Full::new(body));
-        *request.method_mut() = method.clone();
-        *request.uri_mut() = target
-            .parse()
-            .map_err(|e| transport(format!("request target: {e}")))?;
-        *request.headers_mut() = headers;
-        request.headers_mut().insert(HOST, endpoint.host.clone());
-        // hyper leaves the length out of a request whose body is empty; S3 refuses a PUT without
-        // one (411).
-        if !matches!(*method, http::Method::GET | http::Method::HEAD) {
-            request
-                .headers_mut()
-                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
-        }
-        let mut request = Some(request);
+        let host = endpoint
+            .host
+            .to_str()
+            .map_err(|e| transport(true, format!("host: {e}")))?;
+        let head = h1::request_head(method, target, host, headers, body.len());
+        let to_head = *method == http::Method::HEAD;
 
-        // A kept connection the server has since closed fails before the request leaves: then
-        // once more on a new one, at once (the caller's retries are for the service's failures).
-        let mut fresh = false;
+        // A kept connection the server has closed is found so before the request is written, or
+        // fails its write: then once more on a new one, at once (the caller's retries are for the
+        // service's failures).
         loop {
-            let mut sender = loop {
-                if let Some(s) = self.take(origin) {
-                    break s;
-                }
-                // None idle: look again registered for the end of an opening ahead, so that one
-                // ending in between is not missed.
-                let opened = self.opened.notified();
-                tokio::pin!(opened);
-                opened.as_mut().enable();
-                if let Some(s) = self.take(origin) {
-                    break s;
-                }
-                // Some being opened ahead: wait until one of them ends (each within the connect
-                // timeout), then look again.
-                if self.is_opening(origin) {
-                    opened.await;
+            let (mut link, fresh) = match self.take(origin) {
+                Some(link) => (link, false),
+                None => (self.wait_or_connect(origin).await?, true),
+            };
+            written.store(true, Ordering::Relaxed);
+            if let Err(e) = link.write_all(&[&head, body]).await {
+                // A request not written whole cannot have been acted on.
+                written.store(false, Ordering::Relaxed);
+                if !fresh {
                     continue;
                 }
-                fresh = true;
-                // Boxed: a TLS handshake's state is large, and a call's future is part of every
-                // caller's (a debug build's test thread overflowed its stack).
-                break Box::pin(self.connect(origin)).await?;
-            };
-            if sender.ready().await.is_err() {
-                if fresh {
-                    return Err(Failed {
-                        unsent: true,
-                        ..transport("the connection closed at once".into())
-                    });
+                return Err(transport(true, format!("write: {e}")));
+            }
+            return match link.read_answer(to_head).await {
+                Ok((answer, keep)) => {
+                    if keep {
+                        self.give_back(origin.clone(), link);
+                    }
+                    Ok(answer)
                 }
+                // Written whole, then closed unanswered: it may have been acted on.
+                Err(ReadFail::ClosedBeforeAnswer) => Err(transport(
+                    false,
+                    format!("the connection to {} closed before an answer", origin.host),
+                )),
+                Err(ReadFail::Other(e)) => Err(transport(false, e)),
+            };
+        }
+    }
+
+    /// A new connection for a call that found none idle, or one opened ahead meanwhile.
+    async fn wait_or_connect(&self, origin: &Origin) -> Result<Link<Io>, Failed> {
+        loop {
+            // Look again registered for the end of an opening ahead, so that one ending in
+            // between is not missed.
+            let opened = self.opened.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            if let Some(link) = self.take(origin) {
+                return Ok(link);
+            }
+            // Some being opened ahead: wait until one of them ends (each within the connect
+            // timeout), then look again.
+            if self.is_opening(origin) {
+                opened.await;
                 continue;
             }
-            let unsent = request.take().expect("kept for a retry");
-            written.store(true, Ordering::Relaxed);
-            let response = match sender.try_send_request(unsent).await {
-                Ok(r) => r,
-                Err(mut e) => {
-                    let given_back = e.take_message();
-                    if given_back.is_some() {
-                        written.store(false, Ordering::Relaxed);
-                    }
-                    if !fresh && given_back.is_some() {
-                        request = given_back;
-                        continue;
-                    }
-                    return Err(Failed {
-                        unsent: given_back.is_some(),
-                        ..transport(error_chain(e.error()))
-                    });
-                }
-            };
-            let (parts, body) = response.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| transport(error_chain(&e)))?
-                .to_bytes();
-            self.give_back(origin.clone(), sender);
-            return Ok(Answer {
-                status: parts.status,
-                headers: parts.headers,
-                body,
-            });
+            // Boxed: a TLS handshake's state is large, and a call's future is part of every
+            // caller's (a debug build's test thread overflowed its stack).
+            return Box::pin(self.connect(origin)).await;
         }
     }
 
-    /// An idle connection to `origin` that is still open.
-    fn take(&self, origin: &Origin) -> Option<SendRequest<Full<Bytes>>> {
+    /// An idle connection to `origin` that can still carry a request.
+    fn take(&self, origin: &Origin) -> Option<Link<Io>> {
         let mut idle = self.idle.lock().expect("not poisoned");
         let limit = self.idle_limit;
-        idle.retain(|(_, since, s)| !s.is_closed() && since.elapsed() < limit);
-        let at = idle.iter().rposition(|(o, _, _)| o == origin)?;
-        Some(idle.swap_remove(at).2)
+        idle.retain(|(_, since, _)| since.elapsed() < limit);
+        while let Some(at) = idle.iter().rposition(|(o, _, _)| o == origin) {
+            let mut link = idle.swap_remove(at).2;
+            if !link.is_broken() {
+                return Some(link);
+            }
+        }
+        None
     }
 
-    fn give_back(&self, origin: Origin, sender: SendRequest<Full<Bytes>>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn give_back(&self, origin: Origin, link: Link<Io>) {
         let mut idle = self.idle.lock().expect("not poisoned");
         if idle.len() >= MAX_IDLE {
             idle.remove(0);
         }
-        idle.push((origin, std::time::Instant::now(), sender));
+        idle.push((origin, std::time::Instant::now(), link));
     }
 
-    async fn connect(&self, origin: &Origin) -> Result<SendRequest<Full<Bytes>>, Failed> {
+    async fn connect(&self, origin: &Origin) -> Result<Link<Io>, Failed> {
         // An IPv6 address without the URL's brackets.
         let bare = origin.host.trim_start_matches('[').trim_end_matches(']');
         let connecting = async {
-            let tcp = tokio::net::TcpStream::connect((bare, origin.port))
+            let tcp = TcpStream::connect((bare, origin.port))
                 .await
                 .map_err(|e| format!("connect to {}:{}: {e}", origin.host, origin.port))?;
             let _ = tcp.set_nodelay(true);
             if !origin.https {
-                return handshake(tcp).await;
+                return Ok(Link::new(Io::Plain(tcp)));
             }
             let name = ServerName::try_from(bare.to_string())
                 .map_err(|e| format!("server name {}: {e}", origin.host))?;
@@ -313,7 +360,7 @@ impl Connections {
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS with {}: {}", origin.host, error_chain(&e)))?;
-            handshake(tls).await
+            Ok(Link::new(Io::Tls(Box::new(tls))))
         };
         match tokio::time::timeout(self.connect_timeout, connecting).await {
             Ok(r) => r.map_err(|message| Failed {
@@ -346,22 +393,6 @@ impl Drop for Opening<'_> {
         }
         self.conns.opened.notify_waiters();
     }
-}
-
-/// HTTP/1.1 on `io`, its connection driven by a task of its own until either side closes it.
-async fn handshake<S>(io: S) -> Result<SendRequest<Full<Bytes>>, String>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, connection) = http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| error_chain(&e))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "a kept connection ended");
-        }
-    });
-    Ok(sender)
 }
 
 /// The `Host` header of a request to `url`: the host, and the port when it is not the scheme's
@@ -670,6 +701,99 @@ mod tests {
             }
             assert_eq!(opened.load(Ordering::SeqCst), 5);
         }
+    }
+
+    /// A server answering each request on a connection with the next of `answers` (raw), then
+    /// reading one more and closing unanswered; counts connections and the requests answered
+    /// (the tests' requests have no body).
+    async fn scripted(
+        answers: &'static [&'static str],
+    ) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (conns, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (c, r) = (conns.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for answer in answers.iter().map(Some).chain([None]) {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 4096];
+                            match tcp.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+                        buf.drain(..end + 4);
+                        // The request after the last answer: closed unanswered.
+                        let Some(answer) = answer else { break };
+                        r.fetch_add(1, Ordering::SeqCst);
+                        if tcp.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = tcp.shutdown().await;
+                });
+            }
+        });
+        (url, conns, requests)
+    }
+
+    async fn call(c: &Connections, method: http::Method, url: &str) -> Result<Answer, Failed> {
+        let url = reqwest::Url::parse(url).unwrap();
+        c.send(
+            &method,
+            &url,
+            http::HeaderMap::new(),
+            Bytes::new(),
+            Duration::from_secs(2),
+        )
+        .await
+    }
+
+    /// An answer to `HEAD` has no body whatever its length says (S3's `HeadObject`); a chunked
+    /// body is read whole. Both leave the connection fit for the next call.
+    #[tokio::test]
+    async fn head_and_chunked_answers_are_read_exactly() {
+        const HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-length: 1234\r\netag: \"x\"\r\n\r\n";
+        const CHUNKED: &str = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n3\r\n!!!\r\n0\r\n\r\n";
+        let (url, conns, _) = scripted(&[HEAD, CHUNKED, HEAD, CHUNKED]).await;
+        let c = connections();
+        for _ in 0..2 {
+            let head = call(&c, http::Method::HEAD, &url).await.unwrap();
+            assert_eq!(head.headers["content-length"], "1234");
+            assert!(head.body.is_empty());
+            let get = call(&c, http::Method::GET, &url).await.unwrap();
+            assert_eq!(&get.body[..], b"hello!!!");
+        }
+        assert_eq!(
+            conns.load(Ordering::SeqCst),
+            1,
+            "one connection for all four"
+        );
+    }
+
+    /// A request written whole to a connection that then closes without an answer may have been
+    /// acted on: it is not sent again, and the failure does not say unsent (a write such as a
+    /// quota's `UpdateItem` must not be repeated by the retry rules).
+    #[tokio::test]
+    async fn a_close_after_the_request_is_a_failure_that_may_have_been_acted_on() {
+        const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let (url, conns, requests) = scripted(&[OK]).await;
+        let c = connections();
+        call(&c, http::Method::POST, &url).await.unwrap();
+        // The server closes only once it has read the second request: the kept connection looks
+        // alive when it is taken.
+        let e = call(&c, http::Method::POST, &url)
+            .await
+            .expect_err("closed");
+        assert!(!e.unsent && !e.timeout, "{e:?}");
+        assert_eq!(requests.load(Ordering::SeqCst), 1, "answered once");
+        assert_eq!(conns.load(Ordering::SeqCst), 1, "not sent again");
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@
 //! needs them.
 
 pub mod conn;
+pub(crate) mod h1;
 
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
@@ -302,6 +303,52 @@ mod tests {
         port
     }
 
+    /// An HTTPS server answering `per_connection` requests on each connection ("ok", kept
+    /// alive), then closing it with TLS's close; counts connections.
+    async fn https_keep_alive_server(pki: &Pki, per_connection: usize) -> (u16, Arc<AtomicUsize>) {
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![pki.cert.clone()], pki.key.clone_key())
+        .unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counter = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = Vec::new();
+                    for _ in 0..per_connection {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 4096];
+                            match tls.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+                        buf.drain(..end + 4);
+                        let _ = tls
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                    }
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        (port, conns)
+    }
+
     fn client_on(config: rustls::ClientConfig) -> reqwest::Client {
         reqwest::Client::builder()
             .tls_backend_preconfigured(config)
@@ -448,6 +495,29 @@ mod tests {
             (answer.status.as_u16(), &answer.body[..]),
             (200, &b"ok"[..])
         );
+
+        // A TLS connection is kept, and the server's close of it seen before the next call.
+        let (port, conns) = https_keep_alive_server(&pki, 2).await;
+        let url = reqwest::Url::parse(&format!("https://localhost:{port}/")).unwrap();
+        let ca = pki.ca.clone();
+        let kept = Connections::new(
+            config_with(Box::new(move || vec![ca.clone()])),
+            Duration::from_secs(1),
+        );
+        for i in 1..=5 {
+            let answer = kept
+                .send(
+                    &http::Method::GET,
+                    &url,
+                    http::HeaderMap::new(),
+                    bytes::Bytes::new(),
+                    Duration::from_secs(2),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("call {i}: {e:?}"));
+            assert_eq!(&answer.body[..], b"ok");
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 3, "two calls a connection");
 
         let other_ca = self::pki().ca;
         let untrusted = Connections::new(

@@ -1,0 +1,327 @@
+//! HTTP/1.1 on a kept connection, written and read in the caller's own task: requests go out as
+//! one write, answers are read with their length, chunked, or to the end of the connection.
+//! Used by the runtime API's loop (`lambda::wire`, which pipelines two requests in one write) and
+//! by the calls a request makes (`net::conn`, one at a time per connection).
+//!
+//! hyper's client drives each connection from a task of its own: a request was handed to that
+//! task, written and read there, and its answer handed back, two task wakes per exchange and its
+//! dispatcher's state machine around them. A Lambda instance makes one call at a time per
+//! connection and reads every answer whole, so the caller reads and writes the socket itself.
+
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::Context;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::conn::Answer;
+
+/// Most headers an answer may have.
+const MAX_HEADERS: usize = 64;
+/// Room made in the read buffer before a read, when the answer's length is not known yet.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// One connection and what was read on it past the last answer taken.
+pub(crate) struct Link<S> {
+    stream: S,
+    buf: BytesMut,
+}
+
+/// How reading an answer went wrong.
+#[derive(Debug)]
+pub(crate) enum ReadFail {
+    /// The connection ended (or was reset) before any byte of the answer.
+    ClosedBeforeAnswer,
+    Other(String),
+}
+
+impl std::fmt::Display for ReadFail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadFail::ClosedBeforeAnswer => f.write_str("the connection closed before an answer"),
+            ReadFail::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
+    pub fn new(stream: S) -> Link<S> {
+        Link {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    /// Whether bytes past the last answer taken are already here.
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Whether an idle connection can no longer carry a request: the server closed or reset it,
+    /// or sent something unasked. Looks once without waiting (a system call at most: tokio knows
+    /// a socket with nothing to read after its last `EAGAIN`).
+    pub fn is_broken(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut one = [0u8; 1];
+        let mut read = ReadBuf::new(&mut one);
+        // Ready is an end, bytes nobody asked for, or an error.
+        Pin::new(&mut self.stream)
+            .poll_read(&mut cx, &mut read)
+            .is_ready()
+    }
+
+    /// Writes `parts` (one request or more, whole) in as few writes as the socket takes.
+    pub async fn write_all(&mut self, parts: &[&[u8]]) -> std::io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| IoSlice::new(p))
+            .collect();
+        let mut slices = &mut slices[..];
+        while !slices.is_empty() {
+            let n = self.stream.write_vectored(slices).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut slices, n);
+        }
+        // TLS keeps what it wrote until flushed; TCP's flush does nothing.
+        self.stream.flush().await
+    }
+
+    /// Reads more into the buffer; false at the end of the connection.
+    async fn fill(&mut self, at_least: usize) -> Result<bool, String> {
+        self.buf.reserve(at_least.max(READ_CHUNK));
+        match self.stream.read_buf(&mut self.buf).await {
+            Ok(0) => Ok(false),
+            Ok(_) => Ok(true),
+            Err(e) => Err(format!("read: {e}")),
+        }
+    }
+
+    /// One answer, and whether the connection stays open after it. `to_head`: the answer is to a
+    /// `HEAD` request, which has no body whatever its length says.
+    pub async fn read_answer(&mut self, to_head: bool) -> Result<(Answer, bool), ReadFail> {
+        let mut started = !self.buf.is_empty();
+        loop {
+            let head = {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut parsed = httparse::Response::new(&mut headers);
+                match parsed.parse(&self.buf) {
+                    Ok(httparse::Status::Complete(len)) => Some(head_of(&parsed, len)),
+                    Ok(httparse::Status::Partial) => None,
+                    Err(e) => return Err(ReadFail::Other(format!("the answer's head: {e}"))),
+                }
+            };
+            match head {
+                Some(head) => {
+                    let (status, headers, len, keep) = head.map_err(ReadFail::Other)?;
+                    self.buf.advance(len);
+                    // An interim answer (100 Continue): the real one follows.
+                    if status.is_informational() {
+                        started = !self.buf.is_empty();
+                        continue;
+                    }
+                    let (body, keep) = if to_head {
+                        (Bytes::new(), keep)
+                    } else {
+                        self.read_body(status, &headers, keep)
+                            .await
+                            .map_err(ReadFail::Other)?
+                    };
+                    return Ok((
+                        Answer {
+                            status,
+                            headers,
+                            body,
+                        },
+                        keep,
+                    ));
+                }
+                None => match self.fill(0).await {
+                    Ok(true) => started = true,
+                    Ok(false) if !started => return Err(ReadFail::ClosedBeforeAnswer),
+                    Ok(false) => {
+                        return Err(ReadFail::Other(
+                            "the connection closed within an answer's head".into(),
+                        ));
+                    }
+                    // A reset before any byte of the answer is the same as a close.
+                    Err(_) if !started => return Err(ReadFail::ClosedBeforeAnswer),
+                    Err(e) => return Err(ReadFail::Other(e)),
+                },
+            }
+        }
+    }
+
+    async fn read_body(
+        &mut self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        keep: bool,
+    ) -> Result<(Bytes, bool), String> {
+        if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return Ok((Bytes::new(), keep));
+        }
+        let chunked = headers
+            .get_all(http::header::TRANSFER_ENCODING)
+            .iter()
+            .any(|v| {
+                v.to_str()
+                    .is_ok_and(|v| v.to_ascii_lowercase().contains("chunked"))
+            });
+        if chunked {
+            return Ok((self.read_chunked().await?, keep));
+        }
+        if let Some(length) = headers.get(http::header::CONTENT_LENGTH) {
+            let length: usize = length
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or("the answer's content-length is not a number")?;
+            while self.buf.len() < length {
+                if !self.fill(length - self.buf.len()).await? {
+                    return Err("the connection closed within an answer's body".into());
+                }
+            }
+            return Ok((self.buf.split_to(length).freeze(), keep));
+        }
+        // Neither: the body is what comes until the connection ends.
+        while self.fill(0).await? {}
+        Ok((self.buf.split().freeze(), false))
+    }
+
+    async fn read_chunked(&mut self) -> Result<Bytes, String> {
+        let mut body = BytesMut::new();
+        loop {
+            let (size_len, size) = loop {
+                match httparse::parse_chunk_size(&self.buf) {
+                    Ok(httparse::Status::Complete((len, size))) => break (len, size),
+                    Ok(httparse::Status::Partial) => {
+                        if !self.fill(0).await? {
+                            return Err("the connection closed within a chunked body".into());
+                        }
+                    }
+                    Err(_) => return Err("a chunk's size is not hexadecimal".into()),
+                }
+            };
+            let size = usize::try_from(size).map_err(|_| "a chunk too large")?;
+            if size == 0 {
+                self.buf.advance(size_len);
+                // Trailers, if any, then the empty line.
+                loop {
+                    match self.buf.windows(2).position(|w| w == b"\r\n") {
+                        Some(0) => {
+                            self.buf.advance(2);
+                            return Ok(body.freeze());
+                        }
+                        Some(at) => self.buf.advance(at + 2),
+                        None => {
+                            if !self.fill(0).await? {
+                                return Err("the connection closed within a chunked body".into());
+                            }
+                        }
+                    }
+                }
+            }
+            let whole = size_len + size + 2;
+            while self.buf.len() < whole {
+                if !self.fill(whole - self.buf.len()).await? {
+                    return Err("the connection closed within a chunked body".into());
+                }
+            }
+            self.buf.advance(size_len);
+            body.extend_from_slice(&self.buf[..size]);
+            if &self.buf[size..size + 2] != b"\r\n" {
+                return Err("a chunk does not end with CRLF".into());
+            }
+            self.buf.advance(size + 2);
+        }
+    }
+}
+
+/// An answer's status, headers, head length and whether the connection stays open after it.
+fn head_of(
+    parsed: &httparse::Response<'_, '_>,
+    len: usize,
+) -> Result<(StatusCode, HeaderMap, usize, bool), String> {
+    let status = parsed
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or("the answer has no status")?;
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut close = parsed.version != Some(1);
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("a header's name: {:?}", h.name))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| format!("the value of header {:?}", h.name))?;
+        if name == http::header::CONNECTION {
+            let v = value.to_str().unwrap_or_default().to_ascii_lowercase();
+            if v.contains("close") {
+                close = true;
+            } else if v.contains("keep-alive") {
+                close = false;
+            }
+        }
+        headers.append(name, value);
+    }
+    Ok((status, headers, len, !close))
+}
+
+/// A request's head: `method target`, `Host`, `headers`, and the body's length unless it is a
+/// `GET` or `HEAD` without one (S3 refuses a `PUT` without a length, even an empty one).
+pub(crate) fn request_head(
+    method: &http::Method,
+    target: &str,
+    host: &str,
+    headers: &HeaderMap,
+    body_len: usize,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + headers.len() * 48);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if name == http::header::HOST || name == http::header::CONTENT_LENGTH {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let bodiless = matches!(*method, http::Method::GET | http::Method::HEAD);
+    if body_len > 0 || !bodiless {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(body_len.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// A whole request: [`request_head`] and `body`.
+pub(crate) fn request(
+    method: &http::Method,
+    target: &str,
+    host: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = request_head(method, target, host, headers, body.len());
+    out.extend_from_slice(body);
+    out
+}
