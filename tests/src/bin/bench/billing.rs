@@ -380,12 +380,15 @@ async fn side_by_side(
     }
 }
 
+/// One of two processes measured in turns: what runs, its environment, its name.
+type Contender<'a> = (Runner, &'a [(String, String)], &'a str);
+
 /// Two warm processes measured in turns, in blocks of `block` invocations, `count` each: their CPU
 /// per invocation, each summed over its own blocks; each process is first primed, untimed, with
 /// `event(usize::MAX)`. For two builds, or two settings of one, whose
 /// difference is smaller than what the machine's spells move between two scenarios.
 async fn warm_in_turns(
-    pair: [(Runner, &[(String, String)], &str); 2],
+    pair: [Contender<'_>; 2],
     count: usize,
     block: usize,
     event: &dyn Fn(usize) -> Value,
