@@ -125,7 +125,7 @@ impl RuntimeApi {
                 )
                 .into());
             }
-            let headers = &answer.headers;
+            let headers = &answer.headers();
             let request_id = headers
                 .get("lambda-runtime-aws-request-id")
                 .and_then(|v| v.to_str().ok())

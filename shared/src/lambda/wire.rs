@@ -237,7 +237,8 @@ mod tests {
         let a = w.exchange(&[&post("/a", b"{}"), &get("/b")]).await.unwrap();
         assert_eq!(a.len(), 2);
         assert_eq!((&a[0].body[..], &a[1].body[..]), (&b"#0"[..], &b"#1"[..]));
-        assert_eq!(a[1].headers["x-n"], "1");
+        assert_eq!(a[1].header("x-n"), Some("1"));
+        assert_eq!(a[1].headers()["x-n"], "1");
         // The connection is kept for the next exchange.
         let a = w.exchange(&[&get("/c")]).await.unwrap();
         assert_eq!(&a[0].body[..], b"#2");

@@ -124,8 +124,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             };
             match head {
                 Some(head) => {
-                    let (status, headers, len, keep) = head.map_err(ReadFail::Other)?;
-                    self.buf.advance(len);
+                    let Head {
+                        status,
+                        len,
+                        keep,
+                        length,
+                        chunked,
+                    } = head.map_err(ReadFail::Other)?;
+                    let head = self.buf.split_to(len).freeze();
                     // An interim answer (100 Continue): the real one follows.
                     if status.is_informational() {
                         started = !self.buf.is_empty();
@@ -134,18 +140,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                     let (body, keep) = if to_head {
                         (Bytes::new(), keep)
                     } else {
-                        self.read_body(status, &headers, keep)
+                        self.read_body(status, length, chunked, keep)
                             .await
                             .map_err(ReadFail::Other)?
                     };
-                    return Ok((
-                        Answer {
-                            status,
-                            headers,
-                            body,
-                        },
-                        keep,
-                    ));
+                    return Ok((Answer { status, head, body }, keep));
                 }
                 None => match self.fill(0).await {
                     Ok(true) => started = true,
@@ -166,28 +165,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     async fn read_body(
         &mut self,
         status: StatusCode,
-        headers: &HeaderMap,
+        length: Option<usize>,
+        chunked: bool,
         keep: bool,
     ) -> Result<(Bytes, bool), String> {
         if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             return Ok((Bytes::new(), keep));
         }
-        let chunked = headers
-            .get_all(http::header::TRANSFER_ENCODING)
-            .iter()
-            .any(|v| {
-                v.to_str()
-                    .is_ok_and(|v| v.to_ascii_lowercase().contains("chunked"))
-            });
         if chunked {
             return Ok((self.read_chunked().await?, keep));
         }
-        if let Some(length) = headers.get(http::header::CONTENT_LENGTH) {
-            let length: usize = length
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .ok_or("the answer's content-length is not a number")?;
+        if let Some(length) = length {
             while self.buf.len() < length {
                 if !self.fill(length - self.buf.len()).await? {
                     return Err("the connection closed within an answer's body".into());
@@ -249,33 +237,89 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     }
 }
 
-/// An answer's status, headers, head length and whether the connection stays open after it.
-fn head_of(
-    parsed: &httparse::Response<'_, '_>,
+/// What reading an answer needs of its head; its headers stay in the head's bytes, read when
+/// asked for ([`Answer::header`]): an AWS call uses none of them.
+struct Head {
+    status: StatusCode,
+    /// The head's length, its empty line included.
     len: usize,
-) -> Result<(StatusCode, HeaderMap, usize, bool), String> {
+    /// Whether the connection stays open after the answer.
+    keep: bool,
+    /// `content-length`.
+    length: Option<usize>,
+    chunked: bool,
+}
+
+fn head_of(parsed: &httparse::Response<'_, '_>, len: usize) -> Result<Head, String> {
     let status = parsed
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or("the answer has no status")?;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    let mut close = parsed.version != Some(1);
+    let mut head = Head {
+        status,
+        len,
+        keep: parsed.version == Some(1),
+        length: None,
+        chunked: false,
+    };
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| format!("a header's name: {:?}", h.name))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| format!("the value of header {:?}", h.name))?;
-        if name == http::header::CONNECTION {
-            let v = value.to_str().unwrap_or_default().to_ascii_lowercase();
+        let value = || String::from_utf8_lossy(h.value).to_ascii_lowercase();
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or("the answer's content-length is not a number")?;
+            head.length = Some(length);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            head.chunked |= value().contains("chunked");
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            let v = value();
             if v.contains("close") {
-                close = true;
+                head.keep = false;
             } else if v.contains("keep-alive") {
-                close = false;
+                head.keep = true;
             }
         }
-        headers.append(name, value);
     }
-    Ok((status, headers, len, !close))
+    Ok(head)
+}
+
+impl Answer {
+    /// The value of header `name` (any case), the first if it is given more than once; `None`
+    /// also for a value that is not text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_lines()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// Every header, as a map (what `lambda_runtime`'s `Context` reads); a line that is not a
+    /// valid header is left out.
+    pub fn headers(&self) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in self.header_lines() {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(value),
+            ) {
+                map.append(name, value);
+            }
+        }
+        map
+    }
+
+    /// The head's header lines, as (name, trimmed value). The head was parsed whole when read.
+    fn header_lines(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.head
+            .split(|b| *b == b'\n')
+            .skip(1) // the status line
+            .filter_map(|line| {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let colon = line.iter().position(|b| *b == b':')?;
+                let name = std::str::from_utf8(&line[..colon]).ok()?;
+                Some((name, line[colon + 1..].trim_ascii()))
+            })
+    }
 }
 
 /// A request's head: `method target`, `Host`, `headers`, and the body's length unless it is a
@@ -324,4 +368,51 @@ pub(crate) fn request(
     let mut out = request_head(method, target, host, headers, body.len());
     out.extend_from_slice(body);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_read_from_the_head_when_asked_for() {
+        let answer = Answer {
+            status: StatusCode::OK,
+            head: Bytes::from_static(
+                b"HTTP/1.1 200 OK\r\nContent-Type:  application/json \r\nx-a: 1\r\nX-A: 2\r\n\
+                  x-empty:\r\nbad line\r\n\r\n",
+            ),
+            body: Bytes::new(),
+        };
+        assert_eq!(answer.header("content-type"), Some("application/json"));
+        assert_eq!(answer.header("x-a"), Some("1"), "the first of two");
+        assert_eq!(answer.header("x-empty"), Some(""));
+        assert_eq!(answer.header("missing"), None);
+        let map = answer.headers();
+        assert_eq!(map.get_all("x-a").iter().count(), 2);
+        assert_eq!(map.len(), 4);
+    }
+
+    #[test]
+    fn a_head_says_length_chunking_and_keeping() {
+        let parse = |raw: &[u8]| {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut headers);
+            let httparse::Status::Complete(len) = parsed.parse(raw).unwrap() else {
+                panic!("partial")
+            };
+            head_of(&parsed, len)
+        };
+        let h = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n").unwrap();
+        assert_eq!((h.length, h.chunked, h.keep), (Some(12), false, true));
+        let h = parse(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\nConnection: Close\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((h.length, h.chunked, h.keep), (None, true, false));
+        let h = parse(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\n\r\n").unwrap();
+        assert!(h.keep);
+        assert!(!parse(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().keep);
+        assert!(parse(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").is_err());
+    }
 }

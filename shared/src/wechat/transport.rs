@@ -141,12 +141,7 @@ async fn exchange(
             }
         })?;
     let status = answer.status;
-    let content_type = answer
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let content_type = answer.header("content-type").unwrap_or("").to_string();
     if status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS {
         return Err(WxError::Transport(format!("HTTP status {status}")));
     }

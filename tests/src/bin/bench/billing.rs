@@ -119,6 +119,23 @@ fn vm_hwm_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Times the process's threads gave up the processor to wait (`voluntary_ctxt_switches` of each
+/// thread): a sleep and a wake each, which on this VM cost more than most of a request's work.
+fn sleeps(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
 /// CPU time the process has used, all its threads (what Lambda bills): the first field of each
 /// thread's `/proc/<pid>/task/<tid>/schedstat`, in nanoseconds.
 fn cpu_ns(pid: u32) -> u64 {
@@ -251,6 +268,7 @@ struct Warm {
     /// The timed invocations' round trips, and the CPU the process used over them.
     times: Vec<Duration>,
     cpu_ns: u64,
+    sleeps: u64,
 }
 
 impl Warm {
@@ -271,12 +289,13 @@ impl Warm {
             what: what.to_string(),
             times: Vec::new(),
             cpu_ns: 0,
+            sleeps: 0,
         }
     }
 
     /// `count` timed invocations, `event(i)` the `i`th.
     async fn run(&mut self, count: usize, event: &mut dyn FnMut(usize) -> Value) {
-        let cpu0 = cpu_ns(self.pid);
+        let (cpu0, sleeps0) = (cpu_ns(self.pid), sleeps(self.pid));
         for i in 0..count {
             let e = event(i);
             let started = Instant::now();
@@ -284,6 +303,11 @@ impl Warm {
             self.times.push(started.elapsed());
         }
         self.cpu_ns += cpu_ns(self.pid).saturating_sub(cpu0);
+        self.sleeps += sleeps(self.pid).saturating_sub(sleeps0);
+    }
+
+    fn sleeps_per_invocation(&self) -> f64 {
+        self.sleeps as f64 / self.times.len().max(1) as f64
     }
 
     fn cpu_per_invocation(&self) -> Duration {
@@ -392,7 +416,7 @@ async fn warm_in_turns(
     count: usize,
     block: usize,
     event: &dyn Fn(usize) -> Value,
-) -> (Duration, Duration) {
+) -> InTurns {
     let mut warm = Vec::new();
     for (runner, env, what) in pair {
         // (Each its own: a login's code is good once.)
@@ -403,11 +427,23 @@ async fn warm_in_turns(
             w.run(block, &mut |i| event(b * block + i)).await;
         }
     }
-    let cpu = (warm[0].cpu_per_invocation(), warm[1].cpu_per_invocation());
+    let turns = InTurns {
+        cpu: (warm[0].cpu_per_invocation(), warm[1].cpu_per_invocation()),
+        sleeps: (
+            warm[0].sleeps_per_invocation(),
+            warm[1].sleeps_per_invocation(),
+        ),
+    };
     for w in warm {
         w.end().await;
     }
-    cpu
+    turns
+}
+
+/// Two processes' figures from [`warm_in_turns`]: CPU per invocation, and sleeps per invocation.
+struct InTurns {
+    cpu: (Duration, Duration),
+    sleeps: (f64, f64),
 }
 
 /// `BENCH_VS=<dir>`: this build and the one in `target/<dir>` (its `login`), in turns: CPU per
@@ -432,15 +468,18 @@ async fn builds_in_turns(
     let session = v2_event("GET", "/session", &[("authorization", &auth)], None, false);
     let logins = warm_in_turns(pair, count, 100, &|i| login("vs", i)).await;
     let sessions = warm_in_turns(pair, count, 100, &|_| session.clone()).await;
-    for (what, (this, other)) in [
+    for (what, t) in [
         ("CPU per warm login", logins),
         ("CPU per warm GET /session", sessions),
     ] {
+        let (this, other) = t.cpu;
         println!(
-            "  {what:<30} this {:.3} ms   {dir} {:.3} ms   change {:+.1}%",
+            "  {what:<26} this {:.3} ms   {dir} {:.3} ms   change {:+.1}%   (sleeps each: {:.2} vs {:.2})",
             this.as_secs_f64() * 1e3,
             other.as_secs_f64() * 1e3,
-            (this.as_secs_f64() / other.as_secs_f64().max(1e-12) - 1.0) * 100.0
+            (this.as_secs_f64() / other.as_secs_f64().max(1e-12) - 1.0) * 100.0,
+            t.sleeps.0,
+            t.sleeps.1,
         );
     }
 }
@@ -827,7 +866,9 @@ pub async fn run() {
                 "GET /session (metrics off)",
             ),
         ];
-        let (on, off) = warm_in_turns(pair, count, 500, &|_| session.clone()).await;
+        let (on, off) = warm_in_turns(pair, count, 500, &|_| session.clone())
+            .await
+            .cpu;
         println!(
             "  {:<30} {:>10} {:>11} {:>10} {:>11}   (in turns with metrics on: {:.3} ms)",
             "login: GET /session, metrics off",
