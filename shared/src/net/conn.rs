@@ -721,15 +721,9 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     for answer in answers.iter().map(Some).chain([None]) {
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            let mut chunk = [0u8; 4096];
-                            match tcp.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
+                        if !super::h1::read_request_head(&mut tcp, &mut buf).await {
+                            return;
                         }
-                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-                        buf.drain(..end + 4);
                         // The request after the last answer: closed unanswered.
                         let Some(answer) = answer else { break };
                         r.fetch_add(1, Ordering::SeqCst);

@@ -370,6 +370,26 @@ pub(crate) fn request(
     out
 }
 
+/// For the tests' servers: reads until `buf` holds a whole request head and takes it off (the
+/// tests' requests have no body); false at the connection's end.
+#[cfg(test)]
+pub(crate) async fn read_request_head(
+    io: &mut (impl AsyncRead + Unpin),
+    buf: &mut Vec<u8>,
+) -> bool {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.drain(..end + 4);
+            return true;
+        }
+        let mut chunk = [0u8; 4096];
+        match io.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

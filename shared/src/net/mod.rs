@@ -269,8 +269,8 @@ mod tests {
         }
     }
 
-    /// An HTTPS server on 127.0.0.1 presenting `pki`'s certificate; answers every request "ok".
-    async fn https_server(pki: &Pki) -> u16 {
+    /// TLS on the server's side, presenting `pki`'s certificate.
+    fn acceptor(pki: &Pki) -> TlsAcceptor {
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
@@ -279,7 +279,12 @@ mod tests {
         .with_no_client_auth()
         .with_single_cert(vec![pki.cert.clone()], pki.key.clone_key())
         .unwrap();
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+        TlsAcceptor::from(Arc::new(config))
+    }
+
+    /// An HTTPS server on 127.0.0.1 presenting `pki`'s certificate; answers every request "ok".
+    async fn https_server(pki: &Pki) -> u16 {
+        let acceptor = acceptor(pki);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {
@@ -306,15 +311,7 @@ mod tests {
     /// An HTTPS server answering `per_connection` requests on each connection ("ok", kept
     /// alive), then closing it with TLS's close; counts connections.
     async fn https_keep_alive_server(pki: &Pki, per_connection: usize) -> (u16, Arc<AtomicUsize>) {
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![pki.cert.clone()], pki.key.clone_key())
-        .unwrap();
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let acceptor = acceptor(pki);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let conns = Arc::new(AtomicUsize::new(0));
@@ -329,15 +326,9 @@ mod tests {
                     };
                     let mut buf = Vec::new();
                     for _ in 0..per_connection {
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            let mut chunk = [0u8; 4096];
-                            match tls.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
+                        if !h1::read_request_head(&mut tls, &mut buf).await {
+                            return;
                         }
-                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-                        buf.drain(..end + 4);
                         let _ = tls
                             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                             .await;
@@ -472,18 +463,20 @@ mod tests {
         let pki = pki();
         let port = https_server(&pki).await;
         let url = reqwest::Url::parse(&format!("https://localhost:{port}/")).unwrap();
+        async fn get(c: &Connections, url: &reqwest::Url) -> Result<conn::Answer, conn::Failed> {
+            let (headers, body) = (http::HeaderMap::new(), bytes::Bytes::new());
+            c.send(
+                &http::Method::GET,
+                url,
+                headers,
+                body,
+                Duration::from_secs(2),
+            )
+            .await
+        }
         let send = |c: Connections| {
             let url = url.clone();
-            async move {
-                c.send(
-                    &http::Method::GET,
-                    &url,
-                    http::HeaderMap::new(),
-                    bytes::Bytes::new(),
-                    Duration::from_secs(2),
-                )
-                .await
-            }
+            async move { get(&c, &url).await }
         };
         let ca = pki.ca.clone();
         let trusted = Connections::new(
@@ -505,14 +498,7 @@ mod tests {
             Duration::from_secs(1),
         );
         for i in 1..=5 {
-            let answer = kept
-                .send(
-                    &http::Method::GET,
-                    &url,
-                    http::HeaderMap::new(),
-                    bytes::Bytes::new(),
-                    Duration::from_secs(2),
-                )
+            let answer = get(&kept, &url)
                 .await
                 .unwrap_or_else(|e| panic!("call {i}: {e:?}"));
             assert_eq!(&answer.body[..], b"ok");

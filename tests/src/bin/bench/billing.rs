@@ -122,31 +122,33 @@ fn vm_hwm_kb(pid: u32) -> u64 {
 /// Times the process's threads gave up the processor to wait (`voluntary_ctxt_switches` of each
 /// thread): a sleep and a wake each, which on this VM cost more than most of a request's work.
 fn sleeps(pid: u32) -> u64 {
+    per_thread(pid, "status", |s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The sum over the process's threads of a figure read from `/proc/<pid>/task/<tid>/<file>`.
+fn per_thread(pid: u32, file: &str, figure: impl Fn(&str) -> Option<u64>) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
     };
     tasks
         .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-        .filter_map(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join(file)).ok())
+        .filter_map(|s| figure(&s))
         .sum()
 }
 
 /// CPU time the process has used, all its threads (what Lambda bills): the first field of each
 /// thread's `/proc/<pid>/task/<tid>/schedstat`, in nanoseconds.
 fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+    per_thread(pid, "schedstat", |s| {
+        s.split_whitespace().next()?.parse().ok()
+    })
 }
 
 async fn invoke_ok(api: &RuntimeApi, event: Value, what: &str, f: &FunctionProcess) -> V2Response {
