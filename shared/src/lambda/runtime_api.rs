@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use lambda_http::lambda_runtime::{Config, Context, Diagnostic, Error};
 
 use super::wire::{self, Wire};
-use crate::net::conn::Answer;
+use crate::net::h1::Answer;
 
 /// The runtime API's version prefix.
 const PREFIX: &str = "/2018-06-01/runtime";

@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use crate::net::conn::Answer;
-use crate::net::h1::{Link, ReadFail};
+use crate::net::h1::{Answer, Link, ReadFail};
 
 pub(crate) use crate::net::h1::request;
 

@@ -17,7 +17,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::h1::{self, Link, ReadFail};
+use super::h1::{self, Answer, Link, ReadFail};
 
 /// A connection's endpoint: https or not, host, port.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -36,15 +36,6 @@ pub(crate) struct Failed {
     /// being written to had closed before it was whole.
     pub unsent: bool,
     pub message: String,
-}
-
-/// What a call got back: its status, its head (status line and headers, as sent: see
-/// [`Answer::header`]) and its body.
-#[derive(Debug)]
-pub(crate) struct Answer {
-    pub status: http::StatusCode,
-    pub head: Bytes,
-    pub body: Bytes,
 }
 
 /// Where calls go, parsed once: the connection's origin and the `Host` header.

@@ -16,12 +16,19 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::conn::Answer;
-
 /// Most headers an answer may have.
 const MAX_HEADERS: usize = 64;
 /// Room made in the read buffer before a read, when the answer's length is not known yet.
 const READ_CHUNK: usize = 8 * 1024;
+
+/// What a call got back: its status, its head (status line and headers, as sent: see
+/// [`Answer::header`]) and its body.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub head: Bytes,
+    pub body: Bytes,
+}
 
 /// One connection and what was read on it past the last answer taken.
 pub(crate) struct Link<S> {

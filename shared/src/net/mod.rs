@@ -463,7 +463,7 @@ mod tests {
         let pki = pki();
         let port = https_server(&pki).await;
         let url = reqwest::Url::parse(&format!("https://localhost:{port}/")).unwrap();
-        async fn get(c: &Connections, url: &reqwest::Url) -> Result<conn::Answer, conn::Failed> {
+        async fn get(c: &Connections, url: &reqwest::Url) -> Result<h1::Answer, conn::Failed> {
             let (headers, body) = (http::HeaderMap::new(), bytes::Bytes::new());
             c.send(
                 &http::Method::GET,
