@@ -16,8 +16,13 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-/// Most headers an answer may have.
-const MAX_HEADERS: usize = 64;
+/// Most headers an answer may have (hyper's limit: S3 answers carry an object's metadata).
+const MAX_HEADERS: usize = 100;
+/// Longest answer head read.
+const MAX_HEAD: usize = 64 * 1024;
+/// Largest answer body read: WeChat's codes and the kept objects are tens of KB, AWS's JSON
+/// answers smaller still. A larger one is refused, not allocated.
+const MAX_BODY: usize = 32 * 1024 * 1024;
 /// Room made in the read buffer before a read, when the answer's length is not known yet.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -107,7 +112,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
 
     /// Reads more into the buffer; false at the end of the connection.
     async fn fill(&mut self, at_least: usize) -> Result<bool, String> {
-        self.buf.reserve(at_least.max(READ_CHUNK));
+        // Room grows with what arrives, not with what an answer announces.
+        self.buf.reserve(at_least.clamp(READ_CHUNK, 1024 * 1024));
         match self.stream.read_buf(&mut self.buf).await {
             Ok(0) => Ok(false),
             Ok(_) => Ok(true),
@@ -153,6 +159,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                     };
                     return Ok((Answer { status, head, body }, keep));
                 }
+                None if self.buf.len() > MAX_HEAD => {
+                    return Err(ReadFail::Other(format!(
+                        "the answer's head is longer than {MAX_HEAD} bytes"
+                    )));
+                }
                 None => match self.fill(0).await {
                     Ok(true) => started = true,
                     Ok(false) if !started => return Err(ReadFail::ClosedBeforeAnswer),
@@ -183,6 +194,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             return Ok((self.read_chunked().await?, keep));
         }
         if let Some(length) = length {
+            if length > MAX_BODY {
+                return Err(format!(
+                    "an answer of {length} bytes (at most {MAX_BODY} are read)"
+                ));
+            }
             while self.buf.len() < length {
                 if !self.fill(length - self.buf.len()).await? {
                     return Err("the connection closed within an answer's body".into());
@@ -191,7 +207,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             return Ok((self.buf.split_to(length).freeze(), keep));
         }
         // Neither: the body is what comes until the connection ends.
-        while self.fill(0).await? {}
+        while self.fill(0).await? {
+            if self.buf.len() > MAX_BODY {
+                return Err(format!("an answer longer than {MAX_BODY} bytes"));
+            }
+        }
         Ok((self.buf.split().freeze(), false))
     }
 
@@ -200,6 +220,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         loop {
             let (size_len, size) = loop {
                 match httparse::parse_chunk_size(&self.buf) {
+                    // (httparse reads a line without digits as 0: the end, cut short.)
+                    Ok(httparse::Status::Complete(_))
+                        if !self.buf.first().is_some_and(u8::is_ascii_hexdigit) =>
+                    {
+                        return Err("a chunk's size line has no size".into());
+                    }
                     Ok(httparse::Status::Complete((len, size))) => break (len, size),
                     Ok(httparse::Status::Partial) => {
                         if !self.fill(0).await? {
@@ -209,7 +235,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                     Err(_) => return Err("a chunk's size is not hexadecimal".into()),
                 }
             };
-            let size = usize::try_from(size).map_err(|_| "a chunk too large")?;
+            let size = usize::try_from(size)
+                .ok()
+                .filter(|size| body.len().saturating_add(*size) <= MAX_BODY)
+                .ok_or_else(|| format!("a chunked answer longer than {MAX_BODY} bytes"))?;
             if size == 0 {
                 self.buf.advance(size_len);
                 // Trailers, if any, then the empty line.
@@ -274,8 +303,13 @@ fn head_of(parsed: &httparse::Response<'_, '_>, len: usize) -> Result<Head, Stri
         if h.name.eq_ignore_ascii_case("content-length") {
             let length = std::str::from_utf8(h.value)
                 .ok()
-                .and_then(|v| v.trim().parse().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<usize>().ok())
                 .ok_or("the answer's content-length is not a number")?;
+            if head.length.is_some_and(|l| l != length) {
+                return Err("the answer gives two different content-lengths".into());
+            }
             head.length = Some(length);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             head.chunked |= value().contains("chunked");
@@ -287,6 +321,11 @@ fn head_of(parsed: &httparse::Response<'_, '_>, len: usize) -> Result<Head, Stri
                 head.keep = true;
             }
         }
+    }
+    // Both framings: the chunks are read, and the connection not trusted after (a proxy and a
+    // server may have read the answer differently).
+    if head.chunked && head.length.is_some() {
+        head.keep = false;
     }
     Ok(head)
 }
@@ -399,6 +438,8 @@ pub(crate) async fn read_request_head(
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncWriteExt;
+
     use super::*;
 
     #[test]
@@ -418,6 +459,83 @@ mod tests {
         let map = answer.headers();
         assert_eq!(map.get_all("x-a").iter().count(), 2);
         assert_eq!(map.len(), 4);
+    }
+
+    /// What `read_answer` makes of `raw`, sent whole and then the connection closed.
+    async fn answer_to(raw: &[u8]) -> Result<(Answer, bool), ReadFail> {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        server.write_all(raw).await.unwrap();
+        drop(server);
+        Link::new(client).read_answer(false).await
+    }
+
+    /// A broken or hostile server's framing is refused with an error: never a panic (the release
+    /// build aborts on one), a huge allocation, or a body cut short passed on as whole.
+    #[tokio::test]
+    async fn malformed_framing_is_an_error() {
+        for (raw, says) in [
+            (
+                &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nffffffffffffffff\r\nx"[..],
+                "longer than",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7fffffffffffffff\r\nx",
+                "longer than",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 9223372036854775807\r\n\r\nx",
+                "at most",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n\r\n\r\n",
+                "no size",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc",
+                "two different",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nab",
+                "not a number",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab",
+                "closed within",
+            ),
+        ] {
+            match answer_to(raw).await {
+                Err(ReadFail::Other(e)) => assert!(e.contains(says), "{e}"),
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(raw)),
+            }
+        }
+        let endless = vec![b'a'; 100_000];
+        let raw = [b"HTTP/1.1 200 OK\r\nx-h: ".as_slice(), &endless].concat();
+        let (client, mut server) = tokio::io::duplex(1 << 20);
+        server.write_all(&raw).await.unwrap();
+        let e = Link::new(client).read_answer(false).await.unwrap_err();
+        assert!(e.to_string().contains("head is longer"), "{e}");
+    }
+
+    /// What is well formed passes: many headers (S3's metadata), the same length twice, both
+    /// framings (read chunked, the connection not kept).
+    #[tokio::test]
+    async fn lenient_where_the_answer_is_whole() {
+        let many: String = (0..90).map(|i| format!("x-amz-meta-{i}: v\r\n")).collect();
+        let raw = format!("HTTP/1.1 200 OK\r\n{many}content-length: 2\r\n\r\nok");
+        let (a, keep) = answer_to(raw.as_bytes()).await.unwrap();
+        assert_eq!((&a.body[..], keep), (&b"ok"[..], true));
+        assert_eq!(a.header("x-amz-meta-89"), Some("v"));
+        let (a, keep) =
+            answer_to(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+        assert_eq!((&a.body[..], keep), (&b"ok"[..], true));
+        let (a, keep) = answer_to(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!((&a.body[..], keep), (&b"ok"[..], false));
     }
 
     #[test]
