@@ -20,8 +20,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use lambda_http::lambda_runtime::{Config, Context, Diagnostic, Error};
 
-use super::wire::{self, Wire};
-use crate::net::h1::Answer;
+use super::wire::Wire;
+use crate::net::h1::{self, Answer};
 
 /// The runtime API's version prefix.
 const PREFIX: &str = "/2018-06-01/runtime";
@@ -83,7 +83,7 @@ impl RuntimeApi {
         let user_agent = HeaderValue::from_static(concat!("wxmp/", env!("CARGO_PKG_VERSION")));
         let mut headers = HeaderMap::new();
         headers.insert(http::header::USER_AGENT, user_agent.clone());
-        let next = wire::request(
+        let next = h1::request(
             &Method::GET,
             &format!("{}/invocation/next", located.base),
             &located.host,
@@ -209,7 +209,7 @@ impl RuntimeApi {
         }
         Posting {
             request_id: invocation.request_id.clone(),
-            request: wire::request(&Method::POST, target, &self.host, &headers, body),
+            request: h1::request(&Method::POST, target, &self.host, &headers, body),
         }
     }
 }

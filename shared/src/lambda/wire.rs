@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use crate::net::h1::{Answer, Link, ReadFail};
-
-pub(crate) use crate::net::h1::request;
+use crate::net::h1::{Answer, Link, ReadFail, connect_tcp};
 
 /// One kept connection to `host:port`.
 pub(crate) struct Wire {
@@ -33,11 +31,7 @@ pub(crate) struct WireError(pub String);
 impl Wire {
     pub fn new(host: &str, port: u16, connect_timeout: Duration) -> Wire {
         Wire {
-            // An IPv6 address without the URL's brackets.
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
+            host: host.to_string(),
             port,
             connect_timeout,
             link: None,
@@ -95,15 +89,9 @@ impl Wire {
     }
 
     async fn connect(&mut self) -> Result<(), WireError> {
-        let connecting = TcpStream::connect((self.host.as_str(), self.port));
+        let connecting = connect_tcp(&self.host, self.port);
         let tcp = match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => {
-                return Err(WireError(format!(
-                    "connect to {}:{}: {e}",
-                    self.host, self.port
-                )));
-            }
+            Ok(tcp) => tcp.map_err(WireError)?,
             Err(_) => {
                 return Err(WireError(format!(
                     "no connection to {}:{} within {:?}",
@@ -111,7 +99,6 @@ impl Wire {
                 )));
             }
         };
-        let _ = tcp.set_nodelay(true);
         self.link = Some(Link::new(tcp));
         Ok(())
     }
@@ -136,6 +123,7 @@ mod tests {
     use http::{HeaderMap, HeaderValue, StatusCode};
 
     use super::*;
+    use crate::net::h1::request;
 
     /// A server that reads requests (heads, and bodies by content-length) in order on each
     /// connection and answers each with `answer(n)` (n counting across connections), closing a

@@ -336,13 +336,10 @@ impl Connections {
     }
 
     async fn connect(&self, origin: &Origin) -> Result<Link<Io>, Failed> {
-        // An IPv6 address without the URL's brackets.
+        // The server's name: an IPv6 address without the URL's brackets.
         let bare = origin.host.trim_start_matches('[').trim_end_matches(']');
         let connecting = async {
-            let tcp = TcpStream::connect((bare, origin.port))
-                .await
-                .map_err(|e| format!("connect to {}:{}: {e}", origin.host, origin.port))?;
-            let _ = tcp.set_nodelay(true);
+            let tcp = h1::connect_tcp(&origin.host, origin.port).await?;
             if !origin.https {
                 return Ok(Link::new(Io::Plain(tcp)));
             }

@@ -26,6 +26,17 @@ const MAX_BODY: usize = 32 * 1024 * 1024;
 /// Room made in the read buffer before a read, when the answer's length is not known yet.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// A TCP connection to `host` (an IPv6 address with or without a URL's brackets) and `port`,
+/// Nagle's algorithm off: a request goes out whole in one write and should not wait to.
+pub(crate) async fn connect_tcp(host: &str, port: u16) -> Result<tokio::net::TcpStream, String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let tcp = tokio::net::TcpStream::connect((bare, port))
+        .await
+        .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
 /// What a call got back: its status, its head (status line and headers, as sent: see
 /// [`Answer::header`]) and its body.
 #[derive(Debug)]

@@ -380,20 +380,13 @@ async fn side_by_side(
             c.beyond_moto.extend(some.beyond_moto);
         }
     }
-    let mut warm = Vec::new();
-    for (runner, what, tag) in runners {
-        warm.push(Warm::start(runner, env, login(&format!("{tag}prime"), 0), what).await);
-    }
-    const BLOCK: usize = 100;
-    for block in 0..count.div_ceil(BLOCK) {
-        for (w, (_, _, tag)) in warm.iter_mut().zip(runners) {
-            w.run(BLOCK, &mut |i| login(tag, block * BLOCK + i)).await;
-        }
-    }
-    let cpu = (warm[0].cpu_per_invocation(), warm[1].cpu_per_invocation());
-    for w in warm {
-        w.end().await;
-    }
+    let pair = [
+        (runners[0].0, env, runners[0].1),
+        (runners[1].0, env, runners[1].1),
+    ];
+    let cpu = warm_in_turns(pair, count, 100, &|k, i| login(runners[k].2, i))
+        .await
+        .cpu;
     let p50 = |mut v: Vec<Duration>| {
         v.sort();
         pct(&v, 0.5)
@@ -410,23 +403,23 @@ async fn side_by_side(
 type Contender<'a> = (Runner, &'a [(String, String)], &'a str);
 
 /// Two warm processes measured in turns, in blocks of `block` invocations, `count` each: their CPU
-/// per invocation, each summed over its own blocks; each process is first primed, untimed, with
-/// `event(usize::MAX)`. For two builds, or two settings of one, whose
+/// per invocation, each summed over its own blocks. `event(k, i)` is the `i`th invocation of the
+/// `k`th process; each is first primed, untimed, with `event(k, usize::MAX)`. For two builds, or two settings of one, whose
 /// difference is smaller than what the machine's spells move between two scenarios.
 async fn warm_in_turns(
     pair: [Contender<'_>; 2],
     count: usize,
     block: usize,
-    event: &dyn Fn(usize) -> Value,
+    event: &dyn Fn(usize, usize) -> Value,
 ) -> InTurns {
     let mut warm = Vec::new();
-    for (runner, env, what) in pair {
+    for (k, (runner, env, what)) in pair.into_iter().enumerate() {
         // (Each its own: a login's code is good once.)
-        warm.push(Warm::start(runner, env, event(usize::MAX), what).await);
+        warm.push(Warm::start(runner, env, event(k, usize::MAX), what).await);
     }
     for b in 0..count.div_ceil(block) {
-        for w in warm.iter_mut() {
-            w.run(block, &mut |i| event(b * block + i)).await;
+        for (k, w) in warm.iter_mut().enumerate() {
+            w.run(block, &mut |i| event(k, b * block + i)).await;
         }
     }
     let turns = InTurns {
@@ -468,8 +461,8 @@ async fn builds_in_turns(
     ];
     let auth = format!("Bearer {bearer}");
     let session = v2_event("GET", "/session", &[("authorization", &auth)], None, false);
-    let logins = warm_in_turns(pair, count, 100, &|i| login("vs", i)).await;
-    let sessions = warm_in_turns(pair, count, 100, &|_| session.clone()).await;
+    let logins = warm_in_turns(pair, count, 100, &|_, i| login("vs", i)).await;
+    let sessions = warm_in_turns(pair, count, 100, &|_, _| session.clone()).await;
     for (what, t) in [
         ("CPU per warm login", logins),
         ("CPU per warm GET /session", sessions),
@@ -868,7 +861,7 @@ pub async fn run() {
                 "GET /session (metrics off)",
             ),
         ];
-        let (on, off) = warm_in_turns(pair, count, 500, &|_| session.clone())
+        let (on, off) = warm_in_turns(pair, count, 500, &|_, _| session.clone())
             .await
             .cpu;
         println!(
